@@ -1,0 +1,1 @@
+"""The HTTP side of the relay: GMS's customhttp endpoint, session registry, health and metrics."""

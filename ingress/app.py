@@ -1,0 +1,166 @@
+"""The ingress application: `create_app(settings)` builds it; nothing is read at import time."""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import AsyncIterator
+from typing import Any
+
+import msgspec
+from starlette.applications import Starlette
+from starlette.exceptions import HTTPException
+from starlette.requests import Request
+from starlette.responses import JSONResponse, Response
+from starlette.routing import Route
+
+from ingress.auth import FailureThrottle, bearer_ok
+from ingress.metrics import IngressMetrics
+from ingress.push import PushEndpoint
+from ingress.replies import error_body
+from ingress.store import IngressStore
+from shared import keys, metrics
+from shared.classify import MAX_ID_CHARS
+from shared.errors import InvalidJson, InvalidPush, PayloadTooLarge, RelayError, Unauthorized
+from shared.models import SessionRegistration
+from shared.settings import Settings
+
+SESSION_BODY_MAX_BYTES = 16384
+_REGISTRATION = msgspec.json.Decoder(SessionRegistration)
+
+
+def _json_error(status: int, code: str, detail: str) -> Response:
+    return Response(error_body(code, detail), status, media_type="application/json")
+
+
+async def _relay_error(request: Request, exc: Exception) -> Response:
+    assert isinstance(exc, RelayError)
+    return _json_error(exc.status, exc.code, exc.detail)
+
+
+async def _http_error(request: Request, exc: Exception) -> Response:
+    assert isinstance(exc, HTTPException)
+    code = {404: "not_found", 405: "method_not_allowed"}.get(exc.status_code, "http_error")
+    return _json_error(exc.status_code, code, str(exc.detail))
+
+
+async def _internal_error(request: Request, exc: Exception) -> Response:
+    return _json_error(500, "internal", "internal error")  # never leak internals
+
+
+def _check_id(value: str, name: str) -> None:
+    if not value or len(value) > MAX_ID_CHARS or not value.isprintable():
+        raise InvalidPush(f"{name}: expected 1 to {MAX_ID_CHARS} printable characters")
+
+
+class SessionRoutes:
+    """PUT/DELETE /sessions/{sessionId}: credentials for chats whose triggers carry no secure key."""
+
+    def __init__(self, store: IngressStore) -> None:
+        self.store = store
+        self.token = store.settings.api_token
+
+    async def handle(self, request: Request) -> Response:
+        if self.token is None:
+            raise HTTPException(404, "session registry is disabled (API_TOKEN unset)")
+        if not bearer_ok(self.token, request.headers.get("authorization")):
+            raise Unauthorized("missing or wrong API token")
+        session_id = request.path_params["session_id"]
+        _check_id(session_id, "sessionId")
+        if request.method == "DELETE":
+            await self.store.forget(session_id)
+            return Response(status_code=204)
+        body = await _bounded_body(request, SESSION_BODY_MAX_BYTES)
+        try:
+            registration = _REGISTRATION.decode(body)
+        except msgspec.ValidationError as exc:
+            raise InvalidPush(str(exc)) from None
+        except (msgspec.DecodeError, UnicodeDecodeError, RecursionError):
+            raise InvalidJson("body is not valid JSON") from None
+        for value, name in (
+            (registration.deviceId, "deviceId"),
+            (registration.userId, "userId"),
+            (registration.secureKey, "secureKey"),
+        ):
+            _check_id(value, name)
+        outcome = await self.store.register(session_id, registration)
+        if outcome == "ended":
+            return _json_error(409, "session_ended", "this chat has already ended")
+        return Response(status_code=204)
+
+
+async def _bounded_body(request: Request, max_bytes: int) -> bytes:
+    chunks, size = [], 0
+    async for chunk in request.stream():
+        size += len(chunk)
+        if size > max_bytes:
+            raise PayloadTooLarge(f"body exceeds {max_bytes} bytes")
+        chunks.append(chunk)
+    return b"".join(chunks)
+
+
+def create_app(settings: Settings, store: IngressStore | None = None) -> Any:
+    """The ASGI app. `/push` is dispatched before Starlette's router: it is the hot path."""
+    store = store or IngressStore(settings)
+    ingress_metrics = IngressMetrics()
+    push = PushEndpoint(store, ingress_metrics, FailureThrottle())
+
+    async def livez(request: Request) -> Response:
+        return JSONResponse({"status": "alive"})
+
+    async def readyz(request: Request) -> Response:
+        if await store.ping():
+            return JSONResponse({"status": "ready"})
+        return _json_error(503, "redis_unavailable", "Redis is unreachable")
+
+    async def metrics_endpoint(request: Request) -> Response:
+        text = ingress_metrics.render().decode()
+        with contextlib.suppress(Exception):
+            text += await _pipeline_metrics(store)
+        return Response(text, media_type="text/plain; version=0.0.4; charset=utf-8")
+
+    @contextlib.asynccontextmanager
+    async def lifespan(app: Starlette) -> AsyncIterator[None]:
+        yield
+        await store.close()
+
+    sessions = SessionRoutes(store)
+    starlette = Starlette(
+        routes=[
+            Route("/livez", livez),
+            Route("/healthz", livez),
+            Route("/readyz", readyz),
+            Route("/metrics", metrics_endpoint),
+            Route("/sessions/{session_id:path}", sessions.handle, methods=["PUT", "DELETE"]),
+        ],
+        exception_handlers={
+            RelayError: _relay_error,
+            HTTPException: _http_error,
+            Exception: _internal_error,
+        },
+        lifespan=lifespan,
+    )
+
+    async def app(scope: dict[str, Any], receive: Any, send: Any) -> None:
+        if scope["type"] == "http" and scope["path"] == "/push":
+            await push(scope, receive, send)
+        else:
+            await starlette(scope, receive, send)
+
+    app.state = starlette.state  # type: ignore[attr-defined]
+    return app
+
+
+async def _pipeline_metrics(store: IngressStore) -> str:
+    pipe = store.client.pipeline(transaction=False)
+    pipe.hgetall(keys.COUNTERS)
+    for queue in keys.QUEUES:
+        pipe.llen(keys.rq_queue(queue))
+        pipe.zcard(f"rq:failed:{queue}")
+    pipe.zcard(keys.DIRTY)
+    results = await pipe.execute()
+    depths = {"chats_dirty": results[-1]}
+    for i, queue in enumerate(keys.QUEUES):
+        name = queue.replace("-", "_")
+        depths[f"queue_depth{{queue=\"{name}\"}}"] = results[1 + 2 * i]
+        depths[f"dead_letters{{queue=\"{name}\"}}"] = results[2 + 2 * i]
+    return metrics.render(results[0], depths)

@@ -1,0 +1,31 @@
+"""Ingress metrics: this process's push counts and reply latency, plus the pipeline's (from Redis)."""
+
+from __future__ import annotations
+
+from prometheus_client import CollectorRegistry, Counter, Histogram, generate_latest
+
+REPLY_BUCKETS_S = (0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 1.0)
+
+
+class IngressMetrics:
+    def __init__(self) -> None:
+        self.registry = CollectorRegistry()
+        self.pushes = Counter(
+            "gms_relay_pushes",
+            "pushes received, by kind and outcome",
+            ["kind", "outcome"],
+            registry=self.registry,
+        )
+        self.latency = Histogram(
+            "gms_relay_ingress_seconds",
+            "time from request start to reply, /push",
+            buckets=REPLY_BUCKETS_S,
+            registry=self.registry,
+        )
+
+    def push(self, kind: str, outcome: str, seconds: float) -> None:
+        self.pushes.labels(kind, outcome).inc()
+        self.latency.observe(seconds)
+
+    def render(self) -> bytes:
+        return generate_latest(self.registry)

@@ -1,0 +1,107 @@
+"""The ingress's only conversation with Redis: one Lua call per request, bounded in time."""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+import os
+import time
+
+import msgspec
+import redis.asyncio as aioredis
+from redis.exceptions import RedisError
+
+from shared.errors import RedisUnavailable
+from shared.models import Notification, Payload, SessionRegistration, Trigger
+from shared.scripts import ScriptSources
+from shared.settings import Settings
+
+# GMS must never hang on us: answer 503 well inside 250 ms when Redis is gone or stuck.
+REDIS_DEADLINE_S = 0.2
+DRAIN_MARKER_TTL_MS = 1000
+
+
+class IngressStore:
+    """Stores notifications and registrations for the workers."""
+
+    def __init__(self, settings: Settings, client: aioredis.Redis | None = None) -> None:
+        self.settings = settings
+        self.client = client or aioredis.Redis.from_url(
+            settings.redis_url,
+            socket_timeout=REDIS_DEADLINE_S,
+            socket_connect_timeout=REDIS_DEADLINE_S / 2,
+            retry_on_timeout=False,
+            retry=None,
+            max_connections=256,
+        )
+        self.scripts = ScriptSources.build(settings).register(self.client)
+        # Job ids unique across ingress processes without asking Redis: pid + random + counter.
+        self._job_prefix = f"drain-{os.getpid():x}{os.urandom(3).hex()}-"
+        self._job_counter = itertools.count()
+        self._ttls = (
+            str(settings.session_idle_ttl_s * 1000),
+            str(settings.dedupe_ttl_s * 1000),
+            str(DRAIN_MARKER_TTL_MS),
+        )
+
+    def _job_id(self) -> str:
+        return f"{self._job_prefix}{next(self._job_counter)}"
+
+    async def _call(self, script: str, args: list[str | bytes]) -> str:
+        try:
+            async with asyncio.timeout(REDIS_DEADLINE_S):
+                result = await self.scripts[script](args=args)
+        except (RedisError, OSError, TimeoutError):
+            raise RedisUnavailable("Redis is unreachable; the notification was not stored") from None
+        return result.decode() if isinstance(result, bytes) else str(result)
+
+    async def ingest(self, note: Notification) -> str:
+        """Store one notification durably; returns the outcome (queued, duplicate, covered, ...)."""
+        head: list[str | bytes] = [
+            "",
+            note.device_id,
+            "",
+            str(time.time_ns() // 1_000_000),
+            self._job_id(),
+            *self._ttls,
+        ]
+        if isinstance(note, Trigger):
+            head[0], head[2] = "t", note.session_id or ""
+            head += [str(note.position), str(note.attempt), note.user_id or "", note.secure_key or ""]
+        elif isinstance(note, Payload):
+            head[0], head[2] = "p", note.session_id or ""
+            head += ["1" if note.chat_ended else "", note.alias or ""]
+            for event in note.events:
+                head += [str(event.index), bytes(event.raw)]
+        else:
+            head[0] = "w"
+            head.append(msgspec.json.encode({"deviceId": note.device_id, "text": note.text}))
+        return await self._call("ingest", head)
+
+    async def register(self, session_id: str, reg: SessionRegistration) -> str:
+        args: list[str | bytes] = [
+            session_id,
+            reg.deviceId,
+            reg.userId,
+            reg.secureKey,
+            "" if reg.alias is None else str(reg.alias),
+            reg.service or "",
+            str(time.time_ns() // 1_000_000),
+            self._job_id(),
+            self._ttls[0],
+            self._ttls[2],
+        ]
+        return await self._call("register", args)
+
+    async def forget(self, session_id: str) -> str:
+        return await self._call("forget", [session_id])
+
+    async def ping(self) -> bool:
+        try:
+            async with asyncio.timeout(REDIS_DEADLINE_S):
+                return bool(await self.client.ping())
+        except (RedisError, OSError, TimeoutError):
+            return False
+
+    async def close(self) -> None:
+        await self.client.aclose()

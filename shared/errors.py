@@ -1,0 +1,43 @@
+"""The relay's error family; the ingress maps each to one HTTP reply."""
+
+from __future__ import annotations
+
+
+class RelayError(Exception):
+    """Base of errors that carry a stable machine-readable code."""
+
+    code = "error"
+    status = 500
+
+    def __init__(self, detail: str) -> None:
+        super().__init__(detail)
+        self.detail = detail
+
+
+class ConfigError(RelayError):
+    code = "config"
+
+
+class InvalidJson(RelayError):
+    code = "invalid_json"
+    status = 400
+
+
+class InvalidPush(RelayError):
+    code = "invalid_push"
+    status = 400
+
+
+class Unauthorized(RelayError):
+    code = "unauthorized"
+    status = 401
+
+
+class PayloadTooLarge(RelayError):
+    code = "payload_too_large"
+    status = 413
+
+
+class RedisUnavailable(RelayError):
+    code = "redis_unavailable"
+    status = 503

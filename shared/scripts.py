@@ -1,0 +1,101 @@
+"""The relay's Lua scripts, with RQ job templates baked in, registered on a Redis client.
+
+Every state change of the pipeline is one Lua call, so each is atomic and costs one round trip.
+Jobs are written in exactly the form RQ's `Queue.enqueue` writes them (the template comes from RQ's
+own `Job.to_dict`), so a plain `rq worker` runs them and rq-dashboard shows them.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from importlib import resources
+from typing import Any
+
+from redis import Redis
+from rq import Retry
+from rq.job import Job
+from rq.serializers import JSONSerializer
+
+from shared import keys
+from shared.settings import Settings
+
+SCRIPT_NAMES = ("ingest", "register", "forget", "claim", "commit", "release", "webhook_done")
+# Members of RQ's job hash that each enqueue writes itself.
+_PER_JOB_FIELDS = {"created_at", "enqueued_at", "data", "status", "origin", "retry_intervals"}
+DRAIN_TIMEOUT_S = 60
+WEBHOOK_FAILURE_TTL_S = 7 * 24 * 3600
+DRAIN_FAILURE_TTL_S = 24 * 3600
+# Job.create wants a client; building a template never sends a command.
+_OFFLINE = Redis()
+
+
+def _lua_string(value: str | bytes) -> str:
+    raw = value.encode() if isinstance(value, str) else value
+    return '"' + "".join(chr(b) if 32 <= b < 127 and b not in (34, 92) else f"\\{b}" for b in raw) + '"'
+
+
+def _lua_table(fields: dict[str, Any]) -> str:
+    pairs = [f"{_lua_string(str(k))}, {_lua_string(str(v))}" for k, v in fields.items()]
+    return "{" + ", ".join(pairs) + "}"
+
+
+def _template(job: Job) -> dict[str, Any]:
+    return {k: v for k, v in job.to_dict().items() if k not in _PER_JOB_FIELDS and v != ""}
+
+
+def _prelude(settings: Settings) -> str:
+    drain = Job.create(
+        keys.DRAIN_JOB,
+        serializer=JSONSerializer,
+        timeout=DRAIN_TIMEOUT_S,
+        result_ttl=0,
+        failure_ttl=DRAIN_FAILURE_TTL_S,
+        description="drain: refresh and deliver every dirty chat",
+        id="template",
+        connection=_OFFLINE,
+    )
+    schedule = list(settings.webhook_retry_schedule_s)
+    webhook = Job.create(
+        keys.WEBHOOK_JOB,
+        serializer=JSONSerializer,
+        timeout=max(1, settings.webhook_timeout_ms // 1000) + 10,
+        result_ttl=0,
+        failure_ttl=WEBHOOK_FAILURE_TTL_S,
+        retry=Retry(max=len(schedule), interval=schedule),
+        description="webhook delivery",
+        id="template",
+        connection=_OFFLINE,
+    )
+    drain_data = json.dumps([keys.DRAIN_JOB, None, [], {}], separators=(",", ":"))
+    return "\n".join(
+        [
+            f"local DRAIN_QUEUE_NAME = {_lua_string(keys.DRAIN_QUEUE)}",
+            f"local DRAIN_TEMPLATE = {_lua_table(_template(drain))}",
+            f"local DRAIN_DATA = {_lua_string(drain_data)}",
+            f"local WEBHOOK_QUEUE_NAME = {_lua_string(keys.WEBHOOK_QUEUE)}",
+            f"local WEBHOOK_TEMPLATE = {_lua_table(_template(webhook))}",
+            f"local WEBHOOK_FUNC = {_lua_string(keys.WEBHOOK_JOB)}",
+            "local WEBHOOK_RETRY_SCHEDULE = {" + ", ".join(str(s) for s in schedule) + "}",
+        ]
+    )
+
+
+def _read(name: str) -> str:
+    return resources.files("shared").joinpath("lua", f"{name}.lua").read_text()
+
+
+@dataclass(frozen=True)
+class ScriptSources:
+    """Full Lua source of each script: templates + common helpers + the script body."""
+
+    sources: dict[str, str]
+
+    @classmethod
+    def build(cls, settings: Settings) -> ScriptSources:
+        head = _prelude(settings) + "\n" + _read("common")
+        return cls({name: head + "\n" + _read(name) for name in SCRIPT_NAMES})
+
+    def register(self, client: Any) -> dict[str, Any]:
+        """Script objects for a sync or asyncio redis client (they reload themselves on NOSCRIPT)."""
+        return {name: client.register_script(source) for name, source in self.sources.items()}

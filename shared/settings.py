@@ -1,0 +1,114 @@
+"""Settings read once from the environment at start-up, never at import time."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+
+import msgspec
+
+from shared.errors import ConfigError
+
+
+class Settings(msgspec.Struct, frozen=True, kw_only=True):
+    redis_url: str = "redis://localhost:6379/0"
+    gms_url: str | None = None
+    gms_chat_service: str = "customer-support"
+    push_token: str | None = None
+    api_token: str | None = None
+    webhook_urls: tuple[str, ...] = ()
+    webhook_secret: str | None = None
+    push_max_bytes: int = 65536
+    log_level: str = "INFO"
+    # How long a chat's credentials and cursor live without any activity.
+    session_idle_ttl_s: int = 4 * 3600
+    # How long the marker of an ended chat is kept, so late pushes for it are ignored.
+    ended_ttl_s: int = 24 * 3600
+    # How long an exact-duplicate marker (session, position, attempt) is kept.
+    dedupe_ttl_s: int = 3600
+    # Single-flight lease on a chat; must stay well inside Chat Server's resend delay (>= 1 s).
+    lease_ttl_ms: int = 800
+    refresh_timeout_ms: int = 400
+    # Bounded in-worker retries of a failing Refresh (statusCode 1, HTTP 5xx, timeouts).
+    refresh_retry_max: int = 6
+    refresh_retry_base_ms: int = 50
+    stream_maxlen: int = 10000
+    # Webhook fan-out.
+    webhook_timeout_ms: int = 5000
+    webhook_batch_max: int = 50
+    webhook_retry_schedule_s: tuple[int, ...] = (1, 5, 15, 60, 300, 900, 1800, 3600)
+    # Payload mode: how long a gap in transcript indexes may hold later events back.
+    payload_gap_wait_ms: int = 2000
+
+
+_INT_VARS = {
+    "PUSH_MAX_BYTES": "push_max_bytes",
+    "SESSION_IDLE_TTL_S": "session_idle_ttl_s",
+    "ENDED_TTL_S": "ended_ttl_s",
+    "DEDUPE_TTL_S": "dedupe_ttl_s",
+    "LEASE_TTL_MS": "lease_ttl_ms",
+    "REFRESH_TIMEOUT_MS": "refresh_timeout_ms",
+    "REFRESH_RETRY_MAX": "refresh_retry_max",
+    "REFRESH_RETRY_BASE_MS": "refresh_retry_base_ms",
+    "STREAM_MAXLEN": "stream_maxlen",
+    "WEBHOOK_TIMEOUT_MS": "webhook_timeout_ms",
+    "WEBHOOK_BATCH_MAX": "webhook_batch_max",
+    "PAYLOAD_GAP_WAIT_MS": "payload_gap_wait_ms",
+}
+_STR_VARS = {
+    "REDIS_URL": "redis_url",
+    "GMS_URL": "gms_url",
+    "GMS_CHAT_SERVICE": "gms_chat_service",
+    "PUSH_TOKEN": "push_token",
+    "API_TOKEN": "api_token",
+    "WEBHOOK_SECRET": "webhook_secret",
+    "LOG_LEVEL": "log_level",
+}
+_LOG_LEVELS = {"DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"}
+
+
+def _parse_int(name: str, raw: str) -> int:
+    try:
+        value = int(raw)
+    except ValueError:
+        raise ConfigError(f"{name} must be an integer, got {raw!r}") from None
+    if value <= 0:
+        raise ConfigError(f"{name} must be positive, got {value}")
+    return value
+
+
+def load_settings(environ: Mapping[str, str]) -> Settings:
+    """Build settings from an environment mapping; a bad value fails naming its variable."""
+    values: dict[str, object] = {}
+    for var, field in _STR_VARS.items():
+        raw = environ.get(var, "").strip()
+        if raw:
+            values[field] = raw
+    for var, field in _INT_VARS.items():
+        raw = environ.get(var, "").strip()
+        if raw:
+            values[field] = _parse_int(var, raw)
+    urls = tuple(u.strip() for u in environ.get("WEBHOOK_URL", "").split(",") if u.strip())
+    for url in urls:
+        if not url.startswith(("http://", "https://")):
+            raise ConfigError(f"WEBHOOK_URL entries must be http(s) URLs, got {url!r}")
+    values["webhook_urls"] = urls
+    schedule = environ.get("WEBHOOK_RETRY_SCHEDULE_S", "").strip()
+    if schedule:
+        values["webhook_retry_schedule_s"] = tuple(
+            _parse_int("WEBHOOK_RETRY_SCHEDULE_S", part) for part in schedule.split(",")
+        )
+    gms_url = values.get("gms_url")
+    if isinstance(gms_url, str):
+        if not gms_url.startswith(("http://", "https://")):
+            raise ConfigError(f"GMS_URL must be an http(s) URL, got {gms_url!r}")
+        values["gms_url"] = gms_url.rstrip("/")
+    level = str(values.get("log_level", "INFO")).upper()
+    if level not in _LOG_LEVELS:
+        raise ConfigError(f"LOG_LEVEL must be one of {sorted(_LOG_LEVELS)}, got {level!r}")
+    values["log_level"] = level
+    secret = values.get("webhook_secret")
+    if isinstance(secret, str):
+        from shared.signing import decode_secret
+
+        decode_secret(secret)  # fail at start-up, not at the first delivery
+    return Settings(**values)  # type: ignore[arg-type]

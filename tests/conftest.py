@@ -1,0 +1,45 @@
+"""Fixtures: a real redis-server per test session, flushed between tests; settings from dicts."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import pytest
+import redis
+
+from shared.redis_server import RedisServer
+from shared.settings import Settings, load_settings
+
+SettingsFactory = Callable[..., Settings]
+
+
+@pytest.fixture(scope="session")
+def redis_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RedisServer]:
+    server = RedisServer(tmp_path_factory.mktemp("redis"), appendonly=False)
+    server.start()
+    yield server
+    server.stop()
+
+
+@pytest.fixture
+def redis_client(redis_server: RedisServer) -> Iterator[redis.Redis]:
+    client = redis.Redis.from_url(redis_server.url)
+    client.flushall()
+    yield client
+    client.close()
+
+
+@pytest.fixture
+def make_settings(redis_server: RedisServer) -> SettingsFactory:
+    """Settings from an environment dict; REDIS_URL points at the test server unless given."""
+
+    def factory(**env: str) -> Settings:
+        return load_settings({"REDIS_URL": redis_server.url, **env})
+
+    return factory
+
+
+@pytest.fixture
+def data_dir(tmp_path: Path) -> Path:
+    return tmp_path
