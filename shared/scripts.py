@@ -20,7 +20,7 @@ from rq.serializers import JSONSerializer
 from shared import keys
 from shared.settings import Settings
 
-SCRIPT_NAMES = ("ingest", "register", "forget", "claim", "commit", "release", "webhook_done")
+SCRIPT_NAMES = ("ingest", "register", "forget", "claim", "commit", "release", "webhook_done", "kick")
 # Members of RQ's job hash that each enqueue writes itself.
 _PER_JOB_FIELDS = {"created_at", "enqueued_at", "data", "status", "origin", "retry_intervals"}
 DRAIN_TIMEOUT_S = 60

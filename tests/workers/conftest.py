@@ -1,0 +1,59 @@
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator
+
+import pytest
+import redis
+from rq import Queue, SimpleWorker
+from rq.serializers import JSONSerializer
+from starlette.testclient import TestClient
+
+from ingress.app import create_app
+from shared import keys
+from shared.settings import Settings
+from tests.conftest import SettingsFactory
+from workers.context import WorkerContext, set_context
+
+Burst = Callable[[], None]
+
+
+@pytest.fixture
+def relay_env() -> dict[str, str]:
+    """Environment of the relay under test; tests add to it before using `relay`."""
+    return {"GMS_URL": "http://127.0.0.1:9"}
+
+
+@pytest.fixture
+def relay_settings(make_settings: SettingsFactory, relay_env: dict[str, str], redis_client: redis.Redis) -> Settings:
+    return make_settings(**relay_env)
+
+
+@pytest.fixture
+def ingress(relay_settings: Settings) -> Iterator[TestClient]:
+    with TestClient(create_app(relay_settings)) as client:
+        yield client
+
+
+@pytest.fixture
+def burst(relay_settings: Settings, redis_client: redis.Redis) -> Iterator[Burst]:
+    """Run an in-process SimpleWorker until the queues are empty (RQ's burst mode)."""
+    context = WorkerContext.build(relay_settings)
+    set_context(context)
+    queues = [Queue(q, connection=redis_client, serializer=JSONSerializer) for q in keys.QUEUES]
+
+    def run() -> None:
+        SimpleWorker(queues, connection=redis_client, serializer=JSONSerializer).work(burst=True)
+
+    yield run
+    set_context(None)
+    context.pool.shutdown()
+    context.gms.close()
+    context.webhook_http.close()
+    context.redis.close()
+
+
+def stream_entries(client: redis.Redis, device_id: str) -> list[dict[str, str]]:
+    return [
+        {k.decode(): v.decode() for k, v in fields.items()}
+        for _, fields in client.xrange(keys.stream(device_id))
+    ]

@@ -1,0 +1,135 @@
+"""Decide what one claimed chat needs, do it, and hand the chat back.
+
+Reliable chats are refreshed from our cursor (never from notify-position, never with the message-level
+secure key, always with the newest alias). Payload chats release their staged events in index order,
+holding later events back for a bounded time while a gap fills.
+"""
+
+from __future__ import annotations
+
+import logging
+import random
+import time
+
+import msgspec
+
+from shared.classify import PUSH_URL
+from shared.gms import Credentials, RefreshVerdict
+from shared.models import EVENT_HEAD_DECODER, Event
+from workers.claims import Claim
+from workers.commit import Outcome, commit, now_ms, release
+from workers.context import WorkerContext
+
+log = logging.getLogger("gms_relay.worker")
+
+MAX_BACKOFF_MS = 2000
+
+
+def process(ctx: WorkerContext, claim: Claim, token: str) -> None:
+    """Handle one claim. Unexpected exceptions escape to RQ; the lease then simply expires."""
+    if not claim.device_id:
+        release(ctx, claim, token, "park")  # forgotten or expired while it waited
+        return
+    if claim.end == "removed":
+        # notify-position -1: the customer left; never Refresh with -1.
+        _commit(ctx, claim, token, Outcome(cursor=claim.cursor, end_reason="removed"))
+    elif claim.payload_mode:
+        _commit(ctx, claim, token, _release_staged(ctx, claim))
+    else:
+        _refresh(ctx, claim, token)
+
+
+def _commit(ctx: WorkerContext, claim: Claim, token: str, outcome: Outcome) -> None:
+    if commit(ctx, claim, token, outcome):
+        if outcome.events:
+            ctx.histograms.observe("trigger_to_stream", max(0.0, (now_ms() - claim.due_ms) / 1000))
+        if outcome.end_reason:
+            log.info("chat ended", extra={"session_id": claim.session_id, "reason": outcome.end_reason})
+    else:
+        log.warning("lease expired before commit; another worker will redo it",
+                    extra={"session_id": claim.session_id})
+
+
+def _refresh(ctx: WorkerContext, claim: Claim, token: str) -> None:
+    fields = claim.fields
+    user_id, secure_key = fields.get("userId"), fields.get("secureKey")
+    if not user_id or not secure_key:
+        # Triggers without a secure key (default flex-push-content): wait for PUT /sessions.
+        release(ctx, claim, token, "park")
+        log.info("no credentials yet; waiting for PUT /sessions", extra={"session_id": claim.session_id})
+        return
+    position = max(claim.cursor, 1)
+    creds = Credentials(user_id, secure_key, fields.get("alias", ""))
+    service = fields.get("service") or ctx.settings.gms_chat_service
+    started = time.perf_counter()
+    result = ctx.gms.refresh(service, claim.session_id, creds, position)
+    ctx.histograms.observe("refresh", time.perf_counter() - started, f'outcome="{result.verdict.value}"')
+    if result.verdict is RefreshVerdict.RETRY:
+        backoff = min(MAX_BACKOFF_MS, ctx.settings.refresh_retry_base_ms * 2**claim.retries)
+        at = now_ms() + int(backoff * random.uniform(0.5, 1.5))
+        verdict = release(ctx, claim, token, "retry", at)
+        log.warning("refresh failed; will retry" if verdict == "retry" else "refresh failed; left to resend",
+                    extra={"session_id": claim.session_id, "reason": result.reason, "retries": claim.retries})
+        return
+    if result.verdict is RefreshVerdict.FATAL:
+        _commit(ctx, claim, token, Outcome(cursor=position, end_reason="fatal"))
+        return
+    response = result.response
+    assert response is not None
+    events: list[Event] = []
+    cursor = max(position, response.nextPosition or 0)
+    for raw in response.messages:
+        try:
+            head = EVENT_HEAD_DECODER.decode(bytes(raw))
+        except (msgspec.DecodeError, msgspec.ValidationError):
+            continue
+        if head.index is None or head.index < position:
+            continue
+        cursor = max(cursor, head.index + 1)
+        if head.type != PUSH_URL:
+            events.append(Event(head.index, head.type or "", raw))
+    events.sort(key=lambda e: e.index)
+    alias = "" if response.alias is None else str(response.alias)
+    _commit(ctx, claim, token, Outcome(
+        cursor=cursor, events=events, alias=alias, end_reason="chatEnded" if response.chatEnded else "",
+    ))
+
+
+def _release_staged(ctx: WorkerContext, claim: Claim) -> Outcome:
+    """Events of payload pushes, in index order; a gap holds later ones back for a bounded time."""
+    expected = claim.cursor if claim.cursor > 0 else 1
+    indexes = sorted(claim.staged)
+    stale = [i for i in indexes if i < expected]
+    waiting = [i for i in indexes if i >= expected]
+    ready: list[int] = []
+    for index in waiting:
+        if index != expected:
+            break
+        ready.append(index)
+        expected += 1
+    held = waiting[len(ready):]
+    gap_since: int | None = None
+    again_at: int | None = None
+    if held:
+        now = now_ms()
+        gap_since = int(claim.fields.get("gap_since") or now)
+        if now - gap_since >= ctx.settings.payload_gap_wait_ms:
+            ready, held, gap_since = waiting, [], None  # the gap is not coming: skip ahead
+            expected = waiting[-1] + 1
+        else:
+            again_at = gap_since + ctx.settings.payload_gap_wait_ms
+    events = [_staged_event(index, claim.staged[index]) for index in ready]
+    ended = claim.end == "chatEnded" and not held
+    return Outcome(
+        cursor=expected,
+        events=[e for e in events if e.type != PUSH_URL],
+        end_reason="chatEnded" if ended else "",
+        drop_staged=stale + ready,
+        again_at_ms=again_at,
+        gap_since_ms=gap_since,
+    )
+
+
+def _staged_event(index: int, raw: bytes) -> Event:
+    head = EVENT_HEAD_DECODER.decode(raw)
+    return Event(index, head.type or "", msgspec.Raw(raw))

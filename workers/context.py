@@ -1,0 +1,82 @@
+"""Per-process state of a worker: settings, pooled Redis and HTTP clients, scripts, metrics.
+
+Built once per process on first use, so `rq worker` (which imports jobs by dotted path) and
+`gms-relay worker` share the same code path.
+"""
+
+from __future__ import annotations
+
+import itertools
+import os
+import threading
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from typing import Any
+
+import httpx
+import redis
+
+from shared.errors import ConfigError
+from shared.gms import ChatApi
+from shared.metrics import Histograms
+from shared.scripts import ScriptSources
+from shared.settings import Settings, load_settings
+
+# Chats refreshed concurrently by one worker process (Refresh is I/O bound).
+CLAIM_BATCH = 16
+
+
+@dataclass
+class WorkerContext:
+    settings: Settings
+    redis: redis.Redis
+    scripts: dict[str, Any]
+    gms: ChatApi
+    webhook_http: httpx.Client
+    pool: ThreadPoolExecutor
+    histograms: Histograms = field(default_factory=Histograms)
+    _ids: itertools.count[int] = field(default_factory=itertools.count)
+    _prefix: str = field(default_factory=lambda: f"{os.getpid():x}{os.urandom(3).hex()}")
+
+    def job_id(self, kind: str) -> str:
+        """Job ids unique across processes without a round trip."""
+        return f"{kind}-{self._prefix}-{next(self._ids)}"
+
+    @classmethod
+    def build(cls, settings: Settings) -> WorkerContext:
+        if not settings.gms_url:
+            raise ConfigError("GMS_URL is required by workers (base URL of the GMS cluster)")
+        client = redis.Redis.from_url(
+            settings.redis_url, socket_timeout=5, socket_connect_timeout=2, health_check_interval=30
+        )
+        return cls(
+            settings=settings,
+            redis=client,
+            scripts=ScriptSources.build(settings).register(client),
+            gms=ChatApi(settings.gms_url, settings.refresh_timeout_ms / 1000),
+            webhook_http=httpx.Client(
+                timeout=httpx.Timeout(settings.webhook_timeout_ms / 1000),
+                limits=httpx.Limits(max_connections=32, max_keepalive_connections=32),
+                follow_redirects=False,
+            ),
+            pool=ThreadPoolExecutor(max_workers=CLAIM_BATCH, thread_name_prefix="refresh"),
+        )
+
+
+_context: WorkerContext | None = None
+_lock = threading.Lock()
+
+
+def get_context() -> WorkerContext:
+    global _context
+    with _lock:
+        if _context is None:
+            _context = WorkerContext.build(load_settings(os.environ))
+        return _context
+
+
+def set_context(context: WorkerContext | None) -> None:
+    """Install a context built from explicit settings (the CLI and tests do this)."""
+    global _context
+    with _lock:
+        _context = context
