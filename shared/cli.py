@@ -27,31 +27,31 @@ def _ingress(args: argparse.Namespace) -> int:
 def _worker(args: argparse.Namespace) -> int:
     from workers.run import run_worker
 
-    return run_worker(_settings(), burst=args.burst, name=args.name)
+    return int(run_worker(_settings(), burst=args.burst, name=args.name))
 
 
 def _up(args: argparse.Namespace) -> int:
     from shared.stack import run_stack
 
-    return run_stack(args)
+    return int(run_stack(args))
 
 
 def _simulate(args: argparse.Namespace) -> int:
     from simulator.cli import main as simulate_main
 
-    return simulate_main(args.rest)
+    return int(simulate_main(args.rest))
 
 
 def _requeue(args: argparse.Namespace) -> int:
     from workers.admin import requeue_failed
 
-    return requeue_failed(_settings(), job_ids=args.job_ids, all_jobs=args.all)
+    return int(requeue_failed(_settings(), job_ids=args.job_ids, all_jobs=args.all))
 
 
 def _skip(args: argparse.Namespace) -> int:
     from workers.admin import skip_failed
 
-    return skip_failed(_settings(), job_ids=args.job_ids)
+    return int(skip_failed(_settings(), job_ids=args.job_ids))
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -86,7 +86,9 @@ def build_parser() -> argparse.ArgumentParser:
     requeue.add_argument("job_ids", nargs="*")
     requeue.set_defaults(func=_requeue)
 
-    skip = sub.add_parser("skip-failed", help="drop dead-lettered deliveries, releasing the chats behind them")
+    skip = sub.add_parser(
+        "skip-failed", help="drop dead-lettered deliveries, releasing the chats behind them"
+    )
     skip.add_argument("job_ids", nargs="+")
     skip.set_defaults(func=_skip)
     return parser

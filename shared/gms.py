@@ -84,7 +84,9 @@ class ChatApi:
         return CHAT_RESPONSE_DECODER.decode(reply.content)
 
     def send(self, service: str, session_id: str, creds: Credentials, message: str) -> ChatResponse:
-        reply = self.client.post(self._url(service, session_id, "send"), data={**creds.form(), "message": message})
+        reply = self.client.post(
+            self._url(service, session_id, "send"), data={**creds.form(), "message": message}
+        )
         reply.raise_for_status()
         return CHAT_RESPONSE_DECODER.decode(reply.content)
 

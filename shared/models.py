@@ -18,12 +18,12 @@ class EventHead(msgspec.Struct):
 
     index: int | None = None
     type: str | None = None
-    userData: dict[str, Scalar] | None = None  # noqa: N815 - GMS spelling
+    userData: dict[str, Scalar] | None = None
 
 
 class Participant(msgspec.Struct, omit_defaults=True):
     nickname: str | None = None
-    participantId: int | str | None = None  # noqa: N815
+    participantId: int | str | None = None
     type: str | None = None
 
 
@@ -32,11 +32,11 @@ class TranscriptEvent(msgspec.Struct, omit_defaults=True, kw_only=True):
 
     index: int
     type: str
-    utcTime: int | None = None  # noqa: N815
+    utcTime: int | None = None
     from_: Participant | None = msgspec.field(default=None, name="from")
     text: str | None = None
-    messageType: str | None = None  # noqa: N815
-    userData: dict[str, Scalar] | None = None  # noqa: N815
+    messageType: str | None = None
+    userData: dict[str, Scalar] | None = None
 
 
 class Event(msgspec.Struct, frozen=True):
@@ -53,7 +53,7 @@ class Event(msgspec.Struct, frozen=True):
 class PushBody(msgspec.Struct):
     """The customhttp POST body: `deviceId` and a `message` that is an object or a string."""
 
-    deviceId: str  # noqa: N815
+    deviceId: str
     message: msgspec.Raw = msgspec.Raw(b"")
 
 
@@ -61,24 +61,24 @@ class PushMessage(msgspec.Struct):
     """`message` when it is (or holds) a JSON object. Its `secureKey` is deliberately not read."""
 
     messages: list[msgspec.Raw] | None = None
-    chatEnded: bool | None = None  # noqa: N815
-    chatId: str | int | None = None  # noqa: N815
-    userId: str | int | None = None  # noqa: N815
+    chatEnded: bool | None = None
+    chatId: str | int | None = None
+    userId: str | int | None = None
     alias: str | int | None = None
-    nextPosition: int | None = None  # noqa: N815
-    userData: dict[str, Scalar] | None = None  # noqa: N815
+    nextPosition: int | None = None
+    userData: dict[str, Scalar] | None = None
 
 
 class ChatResponse(msgspec.Struct):
     """A Chat API v2 response (Refresh, Request Chat, Send)."""
 
-    statusCode: int = 0  # noqa: N815
-    chatEnded: bool = False  # noqa: N815
-    chatId: str | int | None = None  # noqa: N815
-    userId: str | int | None = None  # noqa: N815
-    secureKey: str | None = None  # noqa: N815
+    statusCode: int = 0
+    chatEnded: bool = False
+    chatId: str | int | None = None
+    userId: str | int | None = None
+    secureKey: str | None = None
     alias: str | int | None = None
-    nextPosition: int | None = None  # noqa: N815
+    nextPosition: int | None = None
     messages: list[msgspec.Raw] = msgspec.field(default_factory=list)
     errors: list[dict[str, Any]] | None = None
 
@@ -86,9 +86,9 @@ class ChatResponse(msgspec.Struct):
 class SessionRegistration(msgspec.Struct, forbid_unknown_fields=False):
     """Body of `PUT /sessions/{sessionId}`."""
 
-    deviceId: str  # noqa: N815
-    userId: str  # noqa: N815
-    secureKey: str  # noqa: N815
+    deviceId: str
+    userId: str
+    secureKey: str
     alias: str | int | None = None
     service: str | None = None
 

@@ -49,7 +49,9 @@ def event(index: int, type_: str = "Message", text: str = "hi", **extra: Any) ->
     }
 
 
-def payload_message(events: list[dict[str, Any]], chat_id: str | None = "s1", ended: bool = False) -> dict[str, Any]:
+def payload_message(
+    events: list[dict[str, Any]], chat_id: str | None = "s1", ended: bool = False
+) -> dict[str, Any]:
     message: dict[str, Any] = {"messages": events, "chatEnded": ended}
     if chat_id is not None:
         message["chatId"] = chat_id

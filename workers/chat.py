@@ -46,8 +46,9 @@ def _commit(ctx: WorkerContext, claim: Claim, token: str, outcome: Outcome) -> N
         if outcome.end_reason:
             log.info("chat ended", extra={"session_id": claim.session_id, "reason": outcome.end_reason})
     else:
-        log.warning("lease expired before commit; another worker will redo it",
-                    extra={"session_id": claim.session_id})
+        log.warning(
+            "lease expired before commit; another worker will redo it", extra={"session_id": claim.session_id}
+        )
 
 
 def _refresh(ctx: WorkerContext, claim: Claim, token: str) -> None:
@@ -68,8 +69,10 @@ def _refresh(ctx: WorkerContext, claim: Claim, token: str) -> None:
         backoff = min(MAX_BACKOFF_MS, ctx.settings.refresh_retry_base_ms * 2**claim.retries)
         at = now_ms() + int(backoff * random.uniform(0.5, 1.5))
         verdict = release(ctx, claim, token, "retry", at)
-        log.warning("refresh failed; will retry" if verdict == "retry" else "refresh failed; left to resend",
-                    extra={"session_id": claim.session_id, "reason": result.reason, "retries": claim.retries})
+        log.warning(
+            "refresh failed; will retry" if verdict == "retry" else "refresh failed; left to resend",
+            extra={"session_id": claim.session_id, "reason": result.reason, "retries": claim.retries},
+        )
         return
     if result.verdict is RefreshVerdict.FATAL:
         _commit(ctx, claim, token, Outcome(cursor=position, end_reason="fatal"))
@@ -90,9 +93,17 @@ def _refresh(ctx: WorkerContext, claim: Claim, token: str) -> None:
             events.append(Event(head.index, head.type or "", raw))
     events.sort(key=lambda e: e.index)
     alias = "" if response.alias is None else str(response.alias)
-    _commit(ctx, claim, token, Outcome(
-        cursor=cursor, events=events, alias=alias, end_reason="chatEnded" if response.chatEnded else "",
-    ))
+    _commit(
+        ctx,
+        claim,
+        token,
+        Outcome(
+            cursor=cursor,
+            events=events,
+            alias=alias,
+            end_reason="chatEnded" if response.chatEnded else "",
+        ),
+    )
 
 
 def _release_staged(ctx: WorkerContext, claim: Claim) -> Outcome:
@@ -107,7 +118,7 @@ def _release_staged(ctx: WorkerContext, claim: Claim) -> Outcome:
             break
         ready.append(index)
         expected += 1
-    held = waiting[len(ready):]
+    held = waiting[len(ready) :]
     gap_since: int | None = None
     again_at: int | None = None
     if held:

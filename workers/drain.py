@@ -44,7 +44,9 @@ def drain(ctx: WorkerContext) -> int:
                 continue
             if wait_ms < 0:
                 return handled
-            if wait_ms > POLL_STEP_MS and not ctx.redis.set(POLLER, token, nx=True, px=int(DRAIN_BUDGET_S * 1000)):
+            if wait_ms > POLL_STEP_MS and not ctx.redis.set(
+                POLLER, token, nx=True, px=int(DRAIN_BUDGET_S * 1000)
+            ):
                 if ctx.redis.get(POLLER) != token.encode():
                     return handled  # another drain is already waiting for that work
             time.sleep(min(wait_ms, POLL_STEP_MS) / 1000)

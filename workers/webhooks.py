@@ -26,7 +26,7 @@ class DeliveryFailed(Exception):
 def deliver(ctx: WorkerContext, sink: int, session_id: str, delivery_id: str) -> str:
     inflight = ctx.redis.get(keys.inflight(sink, session_id))
     body = ctx.redis.get(keys.delivery(delivery_id))
-    if inflight != delivery_id.encode() or body is None:
+    if inflight != delivery_id.encode() or not isinstance(body, bytes):
         return "stale"  # already delivered (or skipped by an operator)
     urls = ctx.settings.webhook_urls
     if sink >= len(urls):
@@ -39,7 +39,9 @@ def deliver(ctx: WorkerContext, sink: int, session_id: str, delivery_id: str) ->
         "user-agent": "gms-push-relay",
     }
     if ctx.settings.webhook_secret:
-        headers["webhook-signature"] = sign(decode_secret(ctx.settings.webhook_secret), delivery_id, timestamp, body)
+        headers["webhook-signature"] = sign(
+            decode_secret(ctx.settings.webhook_secret), delivery_id, timestamp, body
+        )
     started = time.perf_counter()
     try:
         reply = ctx.webhook_http.post(urls[sink], content=body, headers=headers)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import base64
+from collections.abc import Iterator
 
 import pytest
 import redis
@@ -17,10 +18,12 @@ from tests.pushes import body, event, payload_message, trigger_message
 
 
 def stored_keys(client: redis.Redis) -> set[str]:
-    return {k.decode() for k in client.keys("*")}
+    return {str(k) for k in client.keys("*")}
 
 
-def test_trigger_is_stored_as_an_rq_job_and_a_dirty_chat(client: TestClient, redis_client: redis.Redis) -> None:
+def test_trigger_is_stored_as_an_rq_job_and_a_dirty_chat(
+    client: TestClient, redis_client: redis.Redis
+) -> None:
     reply = client.post("/push", content=body(trigger_message(3)))
     assert reply.status_code == 200
     assert reply.json() == {"status": "queued"}
@@ -38,7 +41,9 @@ def test_trigger_is_stored_as_an_rq_job_and_a_dirty_chat(client: TestClient, red
 
 
 @pytest.mark.parametrize("encoding", ["object", "string"])
-def test_trigger_accepted_as_object_or_json_string(client: TestClient, redis_client: redis.Redis, encoding: str) -> None:
+def test_trigger_accepted_as_object_or_json_string(
+    client: TestClient, redis_client: redis.Redis, encoding: str
+) -> None:
     reply = client.post("/push", content=body(trigger_message(5), encoding=encoding))
     assert reply.status_code == 200
     assert redis_client.zscore(keys.DIRTY, "s1") is not None
@@ -51,7 +56,9 @@ def test_plain_text_message_is_a_wakeup(client: TestClient, redis_client: redis.
     assert redis_client.lrange(keys.WAKEUPS, 0, -1) == [b'{"deviceId":"d1","text":"dummy message"}']
 
 
-def test_wakeup_for_a_device_in_a_chat_refreshes_that_chat(client: TestClient, redis_client: redis.Redis) -> None:
+def test_wakeup_for_a_device_in_a_chat_refreshes_that_chat(
+    client: TestClient, redis_client: redis.Redis
+) -> None:
     assert client.post("/push", content=body(trigger_message(1))).status_code == 200
     redis_client.zrem(keys.DIRTY, "s1")
     reply = client.post("/push", content=body("dummy message"))
@@ -65,18 +72,20 @@ def test_secure_key_from_user_data_is_kept_message_secure_key_never(
 ) -> None:
     assert client.post("/push", content=body(trigger_message(1, secure_key="REST-KEY"))).status_code == 200
     assert redis_client.hget(keys.session("s1"), "secureKey") == b"REST-KEY"
-    dump = b"".join(
-        redis_client.dump(k) or b"" for k in redis_client.keys("*")
-    )
+    dump = b"".join(redis_client.dump(k) or b"" for k in redis_client.keys("*"))
     assert b"COMETD-ONLY-KEY" not in dump
 
 
 def test_trigger_without_session_id_uses_the_device_registration(
     client: TestClient, redis_client: redis.Redis
 ) -> None:
-    assert client.post("/push", content=body(trigger_message(1, session_id=None))).json() == {"status": "wakeup"}
+    assert client.post("/push", content=body(trigger_message(1, session_id=None))).json() == {
+        "status": "wakeup"
+    }
     redis_client.set(keys.device("d1"), "s9")
-    assert client.post("/push", content=body(trigger_message(1, session_id=None))).json() == {"status": "queued"}
+    assert client.post("/push", content=body(trigger_message(1, session_id=None))).json() == {
+        "status": "queued"
+    }
     assert redis_client.zscore(keys.DIRTY, "s9") is not None
 
 
@@ -159,12 +168,14 @@ def test_get_is_405(client: TestClient) -> None:
     assert reply.json()["error"] == "method_not_allowed"
 
 
-def test_too_large_is_413_by_header_and_by_stream(make_client: ClientFactory, redis_client: redis.Redis) -> None:
+def test_too_large_is_413_by_header_and_by_stream(
+    make_client: ClientFactory, redis_client: redis.Redis
+) -> None:
     client = make_client(PUSH_MAX_BYTES="200")
     big = body(payload_message([event(1, text="x" * 300)]))
     assert client.post("/push", content=big).status_code == 413
 
-    def chunks() -> object:
+    def chunks() -> Iterator[bytes]:
         yield big[:100]
         yield big[100:]
 

@@ -38,7 +38,9 @@ bodies = st.one_of(
 
 @settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
 @given(content=bodies)
-def test_no_body_produces_a_server_error(client: TestClient, redis_client: redis.Redis, content: bytes) -> None:
+def test_no_body_produces_a_server_error(
+    client: TestClient, redis_client: redis.Redis, content: bytes
+) -> None:
     reply = client.post("/push", content=content)
     assert reply.status_code in (200, 400), reply.text
     payload = reply.json()

@@ -38,6 +38,7 @@ class Receiver:
         self.delay_s = 0.0
         self.status = 200
         self.chat_api_url: str | None = None  # set to refresh on every trigger
+        self.refresh_before_reply = False  # refresh inside the handler instead of after replying
         self.service = "customer-support"
         self.sessions: dict[str, dict[str, Any]] = {}
         self.tokens: list[str] = []
@@ -65,7 +66,9 @@ class Receiver:
             if self.delay_s:
                 await asyncio.sleep(self.delay_s)
             triggers = self.triggers_in(body)
-            if self.chat_api_url and triggers:
+            if self.chat_api_url and triggers and self.refresh_before_reply:
+                await self._refresh(triggers[0])
+            elif self.chat_api_url and triggers:
                 task = asyncio.create_task(self._refresh(triggers[0]))
                 self._tasks.add(task)
                 task.add_done_callback(self._tasks.discard)

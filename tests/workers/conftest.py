@@ -24,7 +24,9 @@ def relay_env() -> dict[str, str]:
 
 
 @pytest.fixture
-def relay_settings(make_settings: SettingsFactory, relay_env: dict[str, str], redis_client: redis.Redis) -> Settings:
+def relay_settings(
+    make_settings: SettingsFactory, relay_env: dict[str, str], redis_client: redis.Redis
+) -> Settings:
     return make_settings(**relay_env)
 
 
@@ -53,7 +55,5 @@ def burst(relay_settings: Settings, redis_client: redis.Redis) -> Iterator[Burst
 
 
 def stream_entries(client: redis.Redis, device_id: str) -> list[dict[str, str]]:
-    return [
-        {k.decode(): v.decode() for k, v in fields.items()}
-        for _, fields in client.xrange(keys.stream(device_id))
-    ]
+    entries: list[tuple[bytes, dict[bytes, bytes]]] = client.xrange(keys.stream(device_id))  # type: ignore[assignment]
+    return [{k.decode(): v.decode() for k, v in fields.items()} for _, fields in entries]

@@ -52,7 +52,9 @@ def test_gap_filled_in_time_keeps_order(ingress: TestClient, burst: Burst, redis
     assert [e["index"] for e in stream_entries(redis_client, "d1")] == ["1", "2", "3"]
 
 
-def test_removed_ends_the_chat_without_refresh(ingress: TestClient, burst: Burst, redis_client: redis.Redis) -> None:
+def test_removed_ends_the_chat_without_refresh(
+    ingress: TestClient, burst: Burst, redis_client: redis.Redis
+) -> None:
     ingress.post("/push", content=body(trigger_message(-1, secure_key="K")))
     burst()
     [ended] = stream_entries(redis_client, "d1")
@@ -65,7 +67,9 @@ def test_removed_ends_the_chat_without_refresh(ingress: TestClient, burst: Burst
     assert len(stream_entries(redis_client, "d1")) == 1  # chat.ended once
 
 
-def test_wakeup_without_a_chat_emits_device_wakeup(ingress: TestClient, burst: Burst, redis_client: redis.Redis) -> None:
+def test_wakeup_without_a_chat_emits_device_wakeup(
+    ingress: TestClient, burst: Burst, redis_client: redis.Redis
+) -> None:
     ingress.post("/push", content=body("dummy message", device_id="d7"))
     burst()
     [entry] = stream_entries(redis_client, "d7")

@@ -1,0 +1,65 @@
+"""Operator commands on dead-lettered webhook deliveries (RQ's failed registry)."""
+
+from __future__ import annotations
+
+import sys
+
+import redis
+from rq import Queue
+from rq.job import Job
+from rq.registry import FailedJobRegistry
+from rq.serializers import JSONSerializer
+
+from shared import keys
+from shared.settings import Settings
+from workers.context import WorkerContext
+
+
+def _registries(connection: redis.Redis) -> list[FailedJobRegistry]:
+    return [
+        FailedJobRegistry(queue=Queue(name, connection=connection, serializer=JSONSerializer))
+        for name in keys.QUEUES
+    ]
+
+
+def requeue_failed(settings: Settings, job_ids: list[str], all_jobs: bool) -> int:
+    """Send dead-lettered jobs again (same job id, so the same webhook-id)."""
+    if not job_ids and not all_jobs:
+        print("give JOB_IDs or --all", file=sys.stderr)
+        return 2
+    connection = redis.Redis.from_url(settings.redis_url)
+    wanted = set(job_ids)
+    requeued = 0
+    for registry in _registries(connection):
+        for job_id in registry.get_job_ids():
+            if all_jobs or job_id in wanted:
+                registry.requeue(job_id)
+                wanted.discard(job_id)
+                requeued += 1
+    print(f"requeued {requeued} job(s)")
+    if wanted:
+        print(f"not in the failed registry: {' '.join(sorted(wanted))}", file=sys.stderr)
+        return 1
+    return 0
+
+
+def skip_failed(settings: Settings, job_ids: list[str]) -> int:
+    """Give up on dead-lettered deliveries: drop each and start the next delivery of its chat."""
+    from workers.webhooks import finish
+
+    context = WorkerContext.build(settings)
+    registry = _registries(context.redis)[keys.QUEUES.index(keys.WEBHOOK_QUEUE)]
+    missing = []
+    for job_id in job_ids:
+        if job_id not in registry.get_job_ids():
+            missing.append(job_id)
+            continue
+        job = Job.fetch(job_id, connection=context.redis, serializer=JSONSerializer)
+        sink, session_id, delivery_id = job.args
+        finish(context, int(sink), str(session_id), str(delivery_id))
+        registry.remove(job, delete_job=True)
+        print(f"skipped {job_id}")
+    if missing:
+        print(f"not in the failed registry: {' '.join(missing)}", file=sys.stderr)
+        return 1
+    return 0
