@@ -1,0 +1,144 @@
+"""`python -m simulator`: serve the simulated Chat API and push chat traffic at a relay."""
+
+from __future__ import annotations
+
+import argparse
+import os
+import signal
+import sys
+import threading
+from types import FrameType
+from urllib.parse import urlencode, urlsplit, urlunsplit
+
+from simulator.chat_api import Faults
+from simulator.report import Report
+from simulator.scenario import ScenarioConfig, run_scenario
+from simulator.server import ChatServer
+
+
+def _parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="gms-simulator", description=__doc__)
+    p.add_argument("--push-url", default="http://127.0.0.1:8080/push", help="the relay's customhttp URL")
+    p.add_argument(
+        "--api-url", help="relay base URL for PUT /sessions (default: scheme and host of push-url)"
+    )
+    p.add_argument("--api-token", default=os.environ.get("API_TOKEN"), help="bearer token (env API_TOKEN)")
+    p.add_argument(
+        "--push-token", default=os.environ.get("PUSH_TOKEN"), help="appended as ?token= (env PUSH_TOKEN)"
+    )
+    p.add_argument(
+        "--chat-port", type=int, default=8090, help="port of the Chat API server (the relay's GMS_URL)"
+    )
+    p.add_argument("--service", default="customer-support")
+    p.add_argument("--chats", type=int, default=10, help="concurrent chats")
+    p.add_argument("--events", type=int, default=20, help="events per chat")
+    p.add_argument("--rate", type=float, default=100.0, help="events per second over all chats (0: unpaced)")
+    p.add_argument("--mode", choices=("reliable", "payload", "wakeup", "mixed"), default="mixed")
+    p.add_argument("--resend-delay", type=float, default=15.0, help="seconds (flex-push-resend-delay)")
+    p.add_argument("--resend-attempts", type=int, default=3, help="flex-push-resend-attempts")
+    p.add_argument(
+        "--duplicate-rate", type=float, default=0.0, help="probability of an exact duplicate trigger"
+    )
+    p.add_argument(
+        "--flex-secure-key", type=float, default=0.0, help="share of reliable chats sending secure-key"
+    )
+    p.add_argument(
+        "--fail-refresh-503", type=float, default=0.0, help="probability a Refresh answers HTTP 503"
+    )
+    p.add_argument("--fail-refresh-status1", type=float, default=0.0, help="probability of statusCode 1")
+    p.add_argument(
+        "--fail-refresh-400", type=float, default=0.0, help="probability the agent disconnects (400)"
+    )
+    p.add_argument("--refresh-delay-ms", type=int, default=0)
+    p.add_argument(
+        "--alias-change", type=float, default=0.0, help="probability a Refresh hands out a new alias"
+    )
+    p.add_argument(
+        "--settle", type=float, default=30.0, help="seconds to wait for acknowledgements at the end"
+    )
+    p.add_argument("--seed", type=int)
+    p.add_argument("--forever", action="store_true", help="keep opening chats until interrupted")
+    p.add_argument("--json", action="store_true", help="print the full report as JSON")
+    return p
+
+
+def push_url_with_token(push_url: str, token: str | None) -> str:
+    if not token:
+        return push_url
+    parts = urlsplit(push_url)
+    query = f"{parts.query}&" if parts.query else ""
+    return urlunsplit(parts._replace(query=query + urlencode({"token": token})))
+
+
+def api_url_from(push_url: str) -> str:
+    parts = urlsplit(push_url)
+    return urlunsplit((parts.scheme, parts.netloc, "", "", ""))
+
+
+def summary(report: Report) -> str:
+    t = report.totals
+    by_mode: dict[str, int] = {}
+    for chat in report.chats:
+        by_mode[chat.mode] = by_mode.get(chat.mode, 0) + 1
+    modes = ", ".join(f"{n} {m}" for m, n in sorted(by_mode.items()))
+    return "\n".join(
+        [
+            f"chats: {t.chats} ({modes}); events: {t.events} in {report.duration_s:.1f} s",
+            f"pushes: sent {t.pushes_sent}, acked (200) {t.pushes_acked}, rejected {t.pushes_rejected}",
+            f"reliable: resends {t.resends}, duplicates {t.duplicates}, exhausted {t.exhausted}",
+            f"refreshes: {t.refreshes} (ok {t.refreshes_ok}, with CometD key {t.refreshes_cometd_key}, "
+            f"stale alias {t.refreshes_stale_alias}); failed registrations {t.registrations_failed}",
+            f"settled: {report.settled}",
+        ]
+    )
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    faults = Faults(
+        fail_refresh_http503=args.fail_refresh_503,
+        fail_refresh_status1=args.fail_refresh_status1,
+        fail_refresh_http400_end=args.fail_refresh_400,
+        refresh_delay_ms=args.refresh_delay_ms,
+        alias_change=args.alias_change,
+    )
+    config = ScenarioConfig(
+        chats=args.chats,
+        events_per_chat=args.events,
+        rate=args.rate,
+        mode=args.mode,
+        service=args.service,
+        resend_delay_s=args.resend_delay,
+        resend_attempts=args.resend_attempts,
+        duplicate_rate=args.duplicate_rate,
+        flex_secure_key_rate=args.flex_secure_key,
+        api_url=args.api_url or api_url_from(args.push_url),
+        api_token=args.api_token,
+        forever=args.forever,
+        settle_timeout_s=args.settle,
+        seed=args.seed,
+        faults=faults,
+    )
+    stop = threading.Event()
+
+    def interrupt(signum: int, frame: FrameType | None) -> None:
+        stop.set()
+
+    in_main = threading.current_thread() is threading.main_thread()
+    previous = (
+        {sig: signal.signal(sig, interrupt) for sig in (signal.SIGINT, signal.SIGTERM)} if in_main else {}
+    )
+    try:
+        with ChatServer(port=args.chat_port, faults=faults) as server:
+            print(f"Chat API on {server.base_url} (the relay's GMS_URL)", file=sys.stderr)
+            push_url = push_url_with_token(args.push_url, args.push_token)
+            report = run_scenario(push_url, config, server=server, stop=stop)
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+    print(report.to_json().decode() if args.json else summary(report))
+    return 0 if report.settled and report.totals.pushes_rejected == 0 else 1
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,240 @@
+"""Scripted and random chat traffic: opens chats the way a chat app does, drives bursty agent activity at a
+target rate through the simulated Chat Server, and reports what was pushed and refreshed.
+"""
+
+from __future__ import annotations
+
+import random
+import secrets
+import threading
+import time
+from dataclasses import dataclass, field
+from typing import Literal
+
+import httpx
+
+from simulator.chat_api import Faults
+from simulator.report import Report, build_report
+from simulator.sender import PushSender
+from simulator.server import ChatServer
+from simulator.transcript import MODES, EventSpec, Mode
+
+__all__ = ["ChatServer", "Faults", "Report", "ScenarioConfig", "open_chat", "run_scenario"]
+
+ModeChoice = Literal["reliable", "payload", "wakeup", "mixed"]
+_LINES = (
+    "Hello, how can I help?",
+    "Let me check that for you.",
+    "One moment please.",
+    "Done: anything else?",
+)
+
+
+@dataclass
+class ScenarioConfig:
+    chats: int = 10  # concurrent chats
+    events_per_chat: int = 20  # agent-side events after the agent joins
+    rate: float = 100.0  # events per second over all chats; <= 0 means as fast as possible
+    mode: ModeChoice = "mixed"  # mixed: reliable, payload, wakeup in turn
+    service: str = "customer-support"
+    resend_delay_s: float = 15.0
+    resend_attempts: int = 3
+    duplicate_rate: float = 0.0
+    string_message_rate: float = 0.5  # payload `message` sent as a string holding JSON
+    flex_secure_key_rate: float = 0.0  # share of reliable chats whose triggers carry `secure-key`
+    unknown_member_rate: float = 0.25  # share of events carrying the unknown member "x-sim"
+    customer_message_rate: float = 0.1  # share of bursts that are a customer Send through the Chat API
+    api_url: str | None = None  # relay base URL for PUT /sessions/{id}; None: no registration
+    api_token: str | None = None
+    end_chats: bool = True  # disconnect every chat at the end of its events
+    forever: bool = False  # open a new chat whenever one ends, until `stop` is set
+    settle_timeout_s: float = 30.0  # how long to wait for replies and acknowledgements at the end
+    http_timeout_s: float = 10.0
+    seed: int | None = None
+    faults: Faults = field(default_factory=Faults)
+
+
+@dataclass
+class _Live:
+    chat_id: str
+    user_id: str
+    secure_key: str
+    alias: str
+    remaining: int
+
+
+def open_chat(
+    client: httpx.Client,
+    chat_api_url: str,
+    *,
+    service: str,
+    mode: Mode,
+    device_id: str,
+    nickname: str = "Kim",
+) -> dict[str, object]:
+    """Request Chat as a chat app does (GMS push userData); returns the Chat API response."""
+    form = {
+        "nickname": nickname,
+        "userData[GCTI_Chat_PushSubscribe]": "true",
+        "userData[GCTI_GMS_PushDeviceType]": "customhttp",
+        "userData[GCTI_GMS_PushDeviceId]": device_id,
+        "userData[GCTI_GMS_PushResend]": str(mode == "reliable").lower(),
+        "userData[GCTI_GMS_PushIncludePayload]": str(mode == "payload").lower(),
+    }
+    response = client.post(f"{chat_api_url}/genesys/2/chat/{service}", data=form)
+    response.raise_for_status()
+    body: dict[str, object] = response.json()
+    return body
+
+
+class _Driver:
+    def __init__(self, server: ChatServer, config: ScenarioConfig, client: httpx.Client) -> None:
+        self.server = server
+        self.config = config
+        self.client = client
+        self.rng = random.Random(config.seed)
+        self.registrations: dict[str, int] = {}
+        self.opened = 0
+
+    def open(self) -> _Live:
+        config = self.config
+        mode: Mode = MODES[self.opened % len(MODES)] if config.mode == "mixed" else config.mode
+        self.opened += 1
+        device_id = "dev-" + secrets.token_hex(12)
+        body = open_chat(
+            self.client, self.server.base_url, service=config.service, mode=mode, device_id=device_id
+        )
+        live = _Live(str(body["chatId"]), str(body["userId"]), str(body["secureKey"]), str(body["alias"]), 0)
+        flex = mode == "reliable" and self.rng.random() < config.flex_secure_key_rate
+        self.server.store.configure(live.chat_id, flex_secure_key=flex)
+        if mode == "reliable" and not flex and config.api_url and config.api_token:
+            self.registrations[live.chat_id] = self._register(live, device_id)
+        # The agent joining is the chat's first push.
+        self.server.store.append(live.chat_id, [self._spec(EventSpec("ParticipantJoined", "agent"))])
+        live.remaining = config.events_per_chat
+        return live
+
+    def _register(self, live: _Live, device_id: str) -> int:
+        """PUT {relay}/sessions/{id}: the credentials a trigger without `secure-key` cannot carry."""
+        url = f"{(self.config.api_url or '').rstrip('/')}/sessions/{live.chat_id}"
+        body = {
+            "deviceId": device_id,
+            "userId": live.user_id,
+            "secureKey": live.secure_key,
+            "alias": live.alias,
+            "service": self.config.service,
+        }
+        try:
+            response = self.client.put(
+                url, json=body, headers={"Authorization": f"Bearer {self.config.api_token}"}
+            )
+        except httpx.HTTPError:
+            return 0
+        return response.status_code
+
+    def _spec(self, spec: EventSpec) -> EventSpec:
+        if self.rng.random() < self.config.unknown_member_rate:
+            return spec._replace(extra={**(spec.extra or {}), "x-sim": 1})
+        return spec
+
+    def burst(self, live: _Live) -> int:
+        """One bit of activity; returns how many events it added."""
+        rng = self.rng
+        roll = rng.random()
+        if roll < self.config.customer_message_rate:
+            form = {"userId": live.user_id, "secureKey": live.secure_key, "alias": live.alias}
+            url = f"{self.server.base_url}/genesys/2/chat/{self.config.service}/{live.chat_id}/send"
+            self.client.post(url, data={**form, "message": "Thanks!"}).raise_for_status()
+            specs: list[EventSpec] = []
+            count = 1
+        elif roll < 0.6:
+            specs = [EventSpec("Message", "agent", rng.choice(_LINES), {"messageType": "text"})]
+            if rng.random() < 0.6:  # typing right after, then another message within ms
+                specs += [EventSpec("TypingStarted"), EventSpec("TypingStopped")]
+                specs.append(EventSpec("Message", "agent", rng.choice(_LINES), {"messageType": "text"}))
+        elif roll < 0.8:
+            specs = [EventSpec("TypingStarted"), EventSpec("TypingStopped")]
+        elif roll < 0.87:
+            specs = [EventSpec("NicknameUpdated", "agent", rng.choice(("Anna", "Anna B.", "Support")))]
+        elif roll < 0.94:
+            specs = [EventSpec("CustomNotice", "system", "Transferred to billing", {"noticeCode": 7})]
+        else:
+            extra = {"x-future": {"level": 2, "tags": ["a", "b"]}, "userData": {"k": "v"}}
+            specs = [EventSpec("FutureType", "system", "from a later GMS version", extra)]
+        specs = specs[: max(live.remaining, 1)]
+        if specs:
+            self.server.store.append(live.chat_id, [self._spec(s) for s in specs])
+            count = len(specs)
+        live.remaining -= count
+        return count
+
+    def close(self, live: _Live) -> None:
+        form = {"userId": live.user_id, "secureKey": live.secure_key, "alias": live.alias}
+        url = f"{self.server.base_url}/genesys/2/chat/{self.config.service}/{live.chat_id}/disconnect"
+        self.client.post(url, data=form).raise_for_status()
+
+
+def run_scenario(
+    push_url: str,
+    config: ScenarioConfig | None = None,
+    *,
+    server: ChatServer | None = None,
+    stop: threading.Event | None = None,
+) -> Report:
+    """Run chats against the relay at `push_url` and report. Starts its own ChatServer unless given one
+    (pass one when the relay must know GMS_URL = `server.base_url` before the run)."""
+    config = config or ScenarioConfig()
+    own_server = server is None
+    server = server or ChatServer(faults=config.faults)
+    if own_server:
+        server.start()
+    stop = stop or threading.Event()
+    sender = PushSender(
+        push_url,
+        server.store,
+        resend_delay_s=config.resend_delay_s,
+        resend_attempts=config.resend_attempts,
+        duplicate_rate=config.duplicate_rate,
+        string_message_rate=config.string_message_rate,
+        timeout_s=config.http_timeout_s,
+        rng=random.Random(None if config.seed is None else config.seed + 1),
+    )
+    started = time.monotonic()
+    try:
+        with sender, httpx.Client(timeout=config.http_timeout_s) as client:
+            driver = _Driver(server, config, client)
+            _drive(driver, config, stop)
+            settled = sender.wait_idle(config.settle_timeout_s)
+        return build_report(
+            server.store,
+            sender,
+            server.log,
+            registrations=driver.registrations,
+            push_url=push_url,
+            chat_api_url=server.base_url,
+            duration_s=time.monotonic() - started,
+            settled=settled,
+        )
+    finally:
+        if own_server:
+            server.stop()
+
+
+def _drive(driver: _Driver, config: ScenarioConfig, stop: threading.Event) -> None:
+    live = [driver.open() for _ in range(config.chats)]
+    next_at = time.monotonic()
+    while live and not stop.is_set():
+        chat = driver.rng.choice(live)
+        if chat.remaining <= 0:
+            live.remove(chat)
+            if config.end_chats:
+                driver.close(chat)
+            if config.forever:
+                live.append(driver.open())
+            continue
+        added = driver.burst(chat)
+        if config.rate > 0:  # pacing toward the target rate, not synchronisation
+            next_at += added / config.rate
+            delay = next_at - time.monotonic()
+            if delay > 0:
+                stop.wait(delay)

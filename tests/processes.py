@@ -1,0 +1,62 @@
+"""Real relay processes for end-to-end tests: ingress and workers as subprocesses."""
+
+from __future__ import annotations
+
+import os
+import time
+from collections.abc import Callable, Iterator, Mapping
+from contextlib import contextmanager
+
+from shared.redis_server import free_port
+from shared.stack import Child, Stack, relay_command, wait_until_ready
+
+
+def relay_env(**env: str) -> dict[str, str]:
+    base = {k: v for k, v in os.environ.items() if not k.startswith(("WEBHOOK_", "PUSH_", "API_"))}
+    base.update({"LOG_LEVEL": "WARNING", **env})
+    return base
+
+
+@contextmanager
+def relay_processes(env: Mapping[str, str], workers: int = 2, ingress: bool = True) -> Iterator[RelayProcesses]:
+    processes = RelayProcesses(dict(env))
+    try:
+        for _ in range(workers):
+            processes.add_worker()
+        if ingress:
+            processes.start_ingress()
+        yield processes
+    finally:
+        processes.stack.stop()
+
+
+class RelayProcesses:
+    def __init__(self, env: dict[str, str]) -> None:
+        self.env = env
+        self.stack = Stack()
+        self.workers: list[Child] = []
+        self.ingress: Child | None = None
+        self.port = free_port()
+
+    @property
+    def base_url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    def add_worker(self) -> Child:
+        worker = self.stack.start(f"worker-{len(self.workers)}", relay_command("worker"), self.env)
+        self.workers.append(worker)
+        return worker
+
+    def start_ingress(self) -> Child:
+        self.ingress = self.stack.start("ingress", relay_command("ingress", "--port", str(self.port)), self.env)
+        wait_until_ready(f"{self.base_url}/livez", alive=self.ingress.alive)
+        return self.ingress
+
+
+def wait_for(condition: Callable[[], bool], timeout_s: float = 60.0, step_s: float = 0.05) -> None:
+    """Poll until `condition()` holds; fail with a clear message after `timeout_s`."""
+    deadline = time.monotonic() + timeout_s
+    while not condition():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"condition not met within {timeout_s} s")
+        time.sleep(step_s)
