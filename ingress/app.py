@@ -161,6 +161,6 @@ async def _pipeline_metrics(store: IngressStore) -> str:
     depths = {"chats_dirty": results[-1]}
     for i, queue in enumerate(keys.QUEUES):
         name = queue.replace("-", "_")
-        depths[f"queue_depth{{queue=\"{name}\"}}"] = results[1 + 2 * i]
-        depths[f"dead_letters{{queue=\"{name}\"}}"] = results[2 + 2 * i]
+        depths[f'queue_depth{{queue="{name}"}}'] = results[1 + 2 * i]
+        depths[f'dead_letters{{queue="{name}"}}'] = results[2 + 2 * i]
     return metrics.render(results[0], depths)

@@ -18,8 +18,7 @@ from shared.errors import PayloadTooLarge, RelayError, Unauthorized
 from shared.models import Payload, Trigger
 
 _OUTCOME_BODIES = {
-    name: f'{{"status":"{name}"}}'.encode()
-    for name in ("queued", "duplicate", "covered", "ended", "wakeup")
+    name: f'{{"status":"{name}"}}'.encode() for name in ("queued", "duplicate", "covered", "ended", "wakeup")
 }
 _ALLOW = [(b"allow", b"POST")]
 

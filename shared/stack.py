@@ -46,17 +46,21 @@ class Child:
     def alive(self) -> bool:
         return self.process.poll() is None
 
+    def signal(self, signum: int) -> None:
+        """Signal the child's whole process group (RQ's scheduler runs in a grandchild)."""
+        with contextlib.suppress(ProcessLookupError, PermissionError):
+            os.killpg(self.process.pid, signum)
+
     def terminate(self) -> None:
-        if self.alive():
-            with contextlib.suppress(ProcessLookupError):
-                self.process.send_signal(signal.SIGTERM)
+        self.signal(signal.SIGTERM)
 
     def wait(self, timeout_s: float) -> None:
         try:
             self.process.wait(timeout_s)
         except subprocess.TimeoutExpired:
-            self.process.kill()
+            self.signal(signal.SIGKILL)
             self.process.wait()
+        self.signal(signal.SIGKILL)  # leftovers of the group, if any
 
 
 class Stack:

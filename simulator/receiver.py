@@ -47,9 +47,7 @@ def verify(secret: str, delivery: Delivery) -> bool:
     key = base64.b64decode(secret.removeprefix("whsec_"))
     signed = f"{delivery.webhook_id}.{delivery.timestamp}.".encode() + delivery.body
     expected = base64.b64encode(hmac.new(key, signed, hashlib.sha256).digest()).decode()
-    return any(
-        hmac.compare_digest(part.partition(",")[2], expected) for part in delivery.signature.split()
-    )
+    return any(hmac.compare_digest(part.partition(",")[2], expected) for part in delivery.signature.split())
 
 
 @dataclass
@@ -148,8 +146,12 @@ def main(argv: list[str] | None = None) -> int:
             data = payload.get("data", {})
             indexes = [e.get("index") for e in data.get("events", [])]
             signed = "signed ok" if secret and verify(secret, delivery) else "unsigned"
-            print(f"webhook {payload.get('type')} session={data.get('sessionId')} device={data.get('deviceId')} "
-                  f"events={indexes} {signed}", flush=True)
+            print(
+                f"webhook {payload.get('type')} session={data.get('sessionId')} "
+                f"device={data.get('deviceId')} "
+                f"events={indexes} {signed}",
+                flush=True,
+            )
 
     uvicorn.run(printing_app, host="127.0.0.1", port=args.port, log_level="warning", access_log=False)
     return 0

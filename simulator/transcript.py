@@ -69,6 +69,9 @@ class Chat:
     pending: list[PendingTrigger] = field(default_factory=list)
     refresh_count: int = 0
     last_refresh_at: float | None = None
+    # A Refresh returned chatEnded: the client has the whole chat and Chat Server closes the session,
+    # so triggers still in flight for it are never resent.
+    end_seen: bool = False
 
     @property
     def next_position(self) -> int:
@@ -213,6 +216,10 @@ class ChatStore:
             if not chat.pending:
                 self._waiting.discard(chat_id)
             chat.acked_position = max(chat.acked_position, chat.next_position)
+            if chat.ended:
+                chat.end_seen = True
+                chat.pending = []
+                self._waiting.discard(chat_id)
             if change_alias:
                 chat.alias = str(self._rng.randint(100, 999))
                 while chat.alias in chat.aliases:
@@ -230,6 +237,8 @@ class ChatStore:
 
     def add_pending(self, trigger: PendingTrigger) -> None:
         with self._lock:
+            if self._chats[trigger.chat_id].end_seen:
+                return
             self._chats[trigger.chat_id].pending.append(trigger)
             self._waiting.add(trigger.chat_id)
 

@@ -18,7 +18,9 @@ def relay_env(**env: str) -> dict[str, str]:
 
 
 @contextmanager
-def relay_processes(env: Mapping[str, str], workers: int = 2, ingress: bool = True) -> Iterator[RelayProcesses]:
+def relay_processes(
+    env: Mapping[str, str], workers: int = 2, ingress: bool = True
+) -> Iterator[RelayProcesses]:
     processes = RelayProcesses(dict(env))
     try:
         for _ in range(workers):
@@ -48,7 +50,9 @@ class RelayProcesses:
         return worker
 
     def start_ingress(self) -> Child:
-        self.ingress = self.stack.start("ingress", relay_command("ingress", "--port", str(self.port)), self.env)
+        self.ingress = self.stack.start(
+            "ingress", relay_command("ingress", "--port", str(self.port)), self.env
+        )
         wait_until_ready(f"{self.base_url}/livez", alive=self.ingress.alive)
         return self.ingress
 

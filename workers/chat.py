@@ -31,8 +31,12 @@ def process(ctx: WorkerContext, claim: Claim, token: str) -> None:
         release(ctx, claim, token, "park")  # forgotten or expired while it waited
         return
     if claim.end == "removed":
-        # notify-position -1: the customer left; never Refresh with -1.
-        _commit(ctx, claim, token, Outcome(cursor=claim.cursor, end_reason="removed"))
+        # notify-position -1: the customer left. Never Refresh with -1, but fetch (from our cursor) what
+        # the triggers that came before it announced, unless that keeps failing.
+        if _has_credentials(claim) and claim.retries < ctx.settings.refresh_retry_max:
+            _refresh(ctx, claim, token, end_reason="removed")
+        else:
+            _commit(ctx, claim, token, Outcome(cursor=claim.cursor, end_reason="removed"))
     elif claim.payload_mode:
         _commit(ctx, claim, token, _release_staged(ctx, claim))
     else:
@@ -51,10 +55,15 @@ def _commit(ctx: WorkerContext, claim: Claim, token: str, outcome: Outcome) -> N
         )
 
 
-def _refresh(ctx: WorkerContext, claim: Claim, token: str) -> None:
+def _has_credentials(claim: Claim) -> bool:
+    return bool(claim.fields.get("userId") and claim.fields.get("secureKey"))
+
+
+def _refresh(ctx: WorkerContext, claim: Claim, token: str, end_reason: str = "") -> None:
+    """Refresh from the cursor and commit what it returned; `end_reason` ends the chat afterwards."""
     fields = claim.fields
-    user_id, secure_key = fields.get("userId"), fields.get("secureKey")
-    if not user_id or not secure_key:
+    user_id, secure_key = fields.get("userId", ""), fields.get("secureKey", "")
+    if not _has_credentials(claim):
         # Triggers without a secure key (default flex-push-content): wait for PUT /sessions.
         release(ctx, claim, token, "park")
         log.info("no credentials yet; waiting for PUT /sessions", extra={"session_id": claim.session_id})
@@ -75,7 +84,7 @@ def _refresh(ctx: WorkerContext, claim: Claim, token: str) -> None:
         )
         return
     if result.verdict is RefreshVerdict.FATAL:
-        _commit(ctx, claim, token, Outcome(cursor=position, end_reason="fatal"))
+        _commit(ctx, claim, token, Outcome(cursor=position, end_reason=end_reason or "fatal"))
         return
     response = result.response
     assert response is not None
@@ -93,23 +102,16 @@ def _refresh(ctx: WorkerContext, claim: Claim, token: str) -> None:
             events.append(Event(head.index, head.type or "", raw))
     events.sort(key=lambda e: e.index)
     alias = "" if response.alias is None else str(response.alias)
-    _commit(
-        ctx,
-        claim,
-        token,
-        Outcome(
-            cursor=cursor,
-            events=events,
-            alias=alias,
-            end_reason="chatEnded" if response.chatEnded else "",
-        ),
-    )
+    if not end_reason and response.chatEnded:
+        end_reason = "chatEnded"
+    _commit(ctx, claim, token, Outcome(cursor=cursor, events=events, alias=alias, end_reason=end_reason))
 
 
 def _release_staged(ctx: WorkerContext, claim: Claim) -> Outcome:
     """Events of payload pushes, in index order; a gap holds later ones back for a bounded time."""
-    expected = claim.cursor if claim.cursor > 0 else 1
     indexes = sorted(claim.staged)
+    # A chat's first payload push sets where its delivery starts (GMS sends one at a time per node).
+    expected = claim.cursor if claim.cursor > 0 else (indexes[0] if indexes else 1)
     stale = [i for i in indexes if i < expected]
     waiting = [i for i in indexes if i >= expected]
     ready: list[int] = []

@@ -1,0 +1,1 @@
+"""Benchmarks, each runnable as a script from the repo root (`python benchmarks/ingress.py`)."""
