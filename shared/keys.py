@@ -8,8 +8,8 @@ from __future__ import annotations
 
 PREFIX = "gms-relay"
 
-# RQ queues. The drain queue carries short "refresh whatever is dirty" jobs; the webhook queue carries
-# one job per webhook delivery so that RQ's retry, failed registry and dashboard apply to each.
+# RQ queues. The drain queue carries "refresh and deliver whatever is due" jobs. The webhook queue
+# holds dead-lettered deliveries requeued by an operator (from RQ's failed registry or rq-dashboard).
 DRAIN_QUEUE = "gms-relay"
 WEBHOOK_QUEUE = "gms-relay-webhooks"
 QUEUES = (DRAIN_QUEUE, WEBHOOK_QUEUE)
@@ -73,8 +73,12 @@ def inflight(sink: int, session_id: str) -> str:
 
 
 def delivery(delivery_id: str) -> str:
-    """String: the fixed JSON body of one webhook delivery, so every retry sends the same bytes."""
+    """Hash: body (fixed JSON, so every retry sends the same bytes), sink, sid, attempts, token, dead."""
     return f"{PREFIX}:delivery:{delivery_id}"
+
+
+# Sorted set of webhook deliveries by due time (ms); a taken delivery's score is its lease end.
+DELIVERIES = f"{PREFIX}:deliveries"
 
 
 def rq_queue(name: str) -> str:

@@ -13,18 +13,26 @@ from importlib import resources
 from typing import Any
 
 from redis import Redis
-from rq import Retry
 from rq.job import Job
 from rq.serializers import JSONSerializer
 
 from shared import keys
-from shared.settings import Settings
 
-SCRIPT_NAMES = ("ingest", "register", "forget", "claim", "commit", "release", "webhook_done", "kick")
+SCRIPT_NAMES = (
+    "ingest",
+    "register",
+    "forget",
+    "claim",
+    "commit",
+    "release",
+    "kick",
+    "take_deliveries",
+    "delivery_done",
+    "delivery_failed",
+)
 # Members of RQ's job hash that each enqueue writes itself.
-_PER_JOB_FIELDS = {"created_at", "enqueued_at", "data", "status", "origin", "retry_intervals"}
+_PER_JOB_FIELDS = {"created_at", "enqueued_at", "data", "status", "origin"}
 DRAIN_TIMEOUT_S = 60
-WEBHOOK_FAILURE_TTL_S = 7 * 24 * 3600
 DRAIN_FAILURE_TTL_S = 24 * 3600
 # Job.create wants a client; building a template never sends a command.
 _OFFLINE = Redis()
@@ -44,7 +52,7 @@ def _template(job: Job) -> dict[str, Any]:
     return {k: v for k, v in job.to_dict().items() if k not in _PER_JOB_FIELDS and v != ""}
 
 
-def _prelude(settings: Settings) -> str:
+def _prelude() -> str:
     drain = Job.create(
         keys.DRAIN_JOB,
         serializer=JSONSerializer,
@@ -55,28 +63,12 @@ def _prelude(settings: Settings) -> str:
         id="template",
         connection=_OFFLINE,
     )
-    schedule = list(settings.webhook_retry_schedule_s)
-    webhook = Job.create(
-        keys.WEBHOOK_JOB,
-        serializer=JSONSerializer,
-        timeout=max(1, settings.webhook_timeout_ms // 1000) + 10,
-        result_ttl=0,
-        failure_ttl=WEBHOOK_FAILURE_TTL_S,
-        retry=Retry(max=len(schedule), interval=schedule),
-        description="webhook delivery",
-        id="template",
-        connection=_OFFLINE,
-    )
     drain_data = json.dumps([keys.DRAIN_JOB, None, [], {}], separators=(",", ":"))
     return "\n".join(
         [
             f"local DRAIN_QUEUE_NAME = {_lua_string(keys.DRAIN_QUEUE)}",
             f"local DRAIN_TEMPLATE = {_lua_table(_template(drain))}",
             f"local DRAIN_DATA = {_lua_string(drain_data)}",
-            f"local WEBHOOK_QUEUE_NAME = {_lua_string(keys.WEBHOOK_QUEUE)}",
-            f"local WEBHOOK_TEMPLATE = {_lua_table(_template(webhook))}",
-            f"local WEBHOOK_FUNC = {_lua_string(keys.WEBHOOK_JOB)}",
-            "local WEBHOOK_RETRY_SCHEDULE = {" + ", ".join(str(s) for s in schedule) + "}",
         ]
     )
 
@@ -92,8 +84,8 @@ class ScriptSources:
     sources: dict[str, str]
 
     @classmethod
-    def build(cls, settings: Settings) -> ScriptSources:
-        head = _prelude(settings) + "\n" + _read("common")
+    def build(cls) -> ScriptSources:
+        head = _prelude() + "\n" + _read("common")
         return cls({name: head + "\n" + _read(name) for name in SCRIPT_NAMES})
 
     def register(self, client: Any) -> dict[str, Any]:

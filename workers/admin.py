@@ -55,11 +55,11 @@ def skip_failed(settings: Settings, job_ids: list[str]) -> int:
             missing.append(job_id)
             continue
         job = Job.fetch(job_id, connection=context.redis, serializer=JSONSerializer)
-        sink, session_id, delivery_id = job.args
-        finish(context, int(sink), str(session_id), str(delivery_id))
+        _sink, _session_id, delivery_id = job.args
+        finish(context, str(delivery_id))
         registry.remove(job, delete_job=True)
         print(f"skipped {job_id}")
     if missing:
         print(f"not in the failed registry: {' '.join(missing)}", file=sys.stderr)
-        return 1
-    return 0
+    context.close()
+    return 1 if missing else 0

@@ -8,9 +8,8 @@ from dataclasses import dataclass, field
 from shared.models import Event
 from workers.claims import Claim
 from workers.context import WorkerContext
+from workers.webhooks import WEBHOOK_KEYS_TTL_MS
 
-# Webhook outbox, delivery and in-flight keys outlive the longest dead-letter wait.
-WEBHOOK_KEYS_TTL_MS = 8 * 24 * 3600 * 1000
 STREAM_TTL_MS = 7 * 24 * 3600 * 1000
 
 

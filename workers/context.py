@@ -21,6 +21,8 @@ from shared.gms import ChatApi
 from shared.metrics import Histograms
 from shared.scripts import ScriptSources
 from shared.settings import Settings, load_settings
+from workers.watcher import Watcher
+from workers.webhooks import WebhookDispatcher
 
 # Chats refreshed concurrently by one worker process (Refresh is I/O bound).
 CLAIM_BATCH = 16
@@ -35,12 +37,30 @@ class WorkerContext:
     webhook_http: httpx.Client
     pool: ThreadPoolExecutor
     histograms: Histograms = field(default_factory=Histograms)
+    webhooks: WebhookDispatcher = field(init=False)
+    watcher: Watcher | None = None
     _ids: itertools.count[int] = field(default_factory=itertools.count)
     _prefix: str = field(default_factory=lambda: f"{os.getpid():x}{os.urandom(3).hex()}")
 
     def job_id(self, kind: str) -> str:
         """Job ids unique across processes without a round trip."""
         return f"{kind}-{self._prefix}-{next(self._ids)}"
+
+    def start_watcher(self) -> None:
+        if self.watcher is None:
+            self.watcher = Watcher(self)
+            self.watcher.start()
+
+    def close(self) -> None:
+        if self.watcher is not None:
+            self.watcher.stop()
+            self.watcher.join(5)
+        for pool in [self.pool, *self.webhooks.pools]:
+            pool.shutdown(wait=True)
+        self.histograms.flush(self.redis)
+        self.gms.close()
+        self.webhook_http.close()
+        self.redis.close()
 
     @classmethod
     def build(cls, settings: Settings) -> WorkerContext:
@@ -49,10 +69,10 @@ class WorkerContext:
         client = redis.Redis.from_url(
             settings.redis_url, socket_timeout=5, socket_connect_timeout=2, health_check_interval=30
         )
-        return cls(
+        context = cls(
             settings=settings,
             redis=client,
-            scripts=ScriptSources.build(settings).register(client),
+            scripts=ScriptSources.build().register(client),
             gms=ChatApi(settings.gms_url, settings.refresh_timeout_ms / 1000),
             webhook_http=httpx.Client(
                 timeout=httpx.Timeout(settings.webhook_timeout_ms / 1000),
@@ -61,6 +81,8 @@ class WorkerContext:
             ),
             pool=ThreadPoolExecutor(max_workers=CLAIM_BATCH, thread_name_prefix="refresh"),
         )
+        context.webhooks = WebhookDispatcher(context)
+        return context
 
 
 _context: WorkerContext | None = None
@@ -72,6 +94,7 @@ def get_context() -> WorkerContext:
     with _lock:
         if _context is None:
             _context = WorkerContext.build(load_settings(os.environ))
+            _context.start_watcher()  # `rq worker` runs our jobs without gms-relay's start-up
         return _context
 
 

@@ -1,8 +1,9 @@
-"""The drain job: claim due chats in batches, process them concurrently, until nothing is due.
+"""The drain job: claim due chats in batches, process them concurrently, until none is due.
 
 One RQ job serves many notifications: RQ's per-job cost (~60 Redis commands) is paid per drain,
 not per push. The ingress enqueues a drain only when none is waiting, and each drain clears that
-marker as it starts, so under load every worker process runs one drain at a time.
+marker as it starts, so under load every worker process runs one drain after another. Work that
+falls due later (retries, gap waits, expired leases) is picked up by the watcher (workers/watcher.py).
 """
 
 from __future__ import annotations
@@ -14,18 +15,15 @@ import time
 from shared import keys
 from workers.chat import process
 from workers.claims import Claim
-from workers.commit import STREAM_TTL_MS, WEBHOOK_KEYS_TTL_MS, now_ms
+from workers.commit import STREAM_TTL_MS, now_ms
 from workers.context import CLAIM_BATCH, WorkerContext
+from workers.watcher import kick_drain
+from workers.webhooks import WEBHOOK_KEYS_TTL_MS
 
 log = logging.getLogger("gms_relay.worker")
 
-# A drain hands the worker back to RQ after this long, so webhook jobs interleave with it.
+# A drain hands its worker back to RQ after this long (then kicks a successor if work remains).
 DRAIN_BUDGET_S = 2.0
-# Waiting for a chat to become due (retry backoff, payload gap, another worker's lease): poll step.
-POLL_STEP_MS = 20
-# Only one drain at a time waits for future work; the others return their worker to RQ.
-POLLER = f"{keys.PREFIX}:poller"
-DRAIN_MARKER_TTL_MS = 1000
 
 
 def drain(ctx: WorkerContext) -> int:
@@ -34,34 +32,23 @@ def drain(ctx: WorkerContext) -> int:
     token = os.urandom(12).hex()
     handled = 0
     deadline = time.monotonic() + DRAIN_BUDGET_S
-    try:
-        while time.monotonic() < deadline:
-            claims, wait_ms = _claim(ctx, token)
-            if claims:
-                handled += len(claims)
-                for _ in ctx.pool.map(lambda c: process(ctx, c, token), claims):
-                    pass
-                continue
-            if wait_ms < 0:
-                return handled
-            if wait_ms > POLL_STEP_MS and not ctx.redis.set(
-                POLLER, token, nx=True, px=int(DRAIN_BUDGET_S * 1000)
-            ):
-                if ctx.redis.get(POLLER) != token.encode():
-                    return handled  # another drain is already waiting for that work
-            time.sleep(min(wait_ms, POLL_STEP_MS) / 1000)
-        # Budget spent with work left: make sure a drain follows us.
-        ctx.scripts["kick"](args=[ctx.job_id("drain"), str(now_ms()), str(DRAIN_MARKER_TTL_MS)])
-        return handled
-    finally:
-        if ctx.redis.get(POLLER) == token.encode():
-            ctx.redis.delete(POLLER)
-        ctx.histograms.flush(ctx.redis)
+    while True:
+        claims = _claim(ctx, token)
+        ctx.webhooks.pump()
+        if not claims:
+            return handled
+        handled += len(claims)
+        for _ in ctx.pool.map(lambda c: process(ctx, c, token), claims):
+            pass
+        ctx.webhooks.pump()  # deliveries the commits just created
+        if time.monotonic() > deadline:
+            kick_drain(ctx)
+            return handled
 
 
-def _claim(ctx: WorkerContext, token: str) -> tuple[list[Claim], int]:
+def _claim(ctx: WorkerContext, token: str) -> list[Claim]:
     settings = ctx.settings
-    claims, wait_ms = ctx.scripts["claim"](
+    claims, _wait_ms = ctx.scripts["claim"](
         args=[
             str(now_ms()),
             str(settings.lease_ttl_ms),
@@ -75,4 +62,4 @@ def _claim(ctx: WorkerContext, token: str) -> tuple[list[Claim], int]:
             str(WEBHOOK_KEYS_TTL_MS),
         ]
     )
-    return [Claim.parse(row) for row in claims], int(wait_ms)
+    return [Claim.parse(row) for row in claims]

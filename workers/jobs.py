@@ -6,14 +6,14 @@ from workers.context import get_context
 
 
 def drain() -> int:
-    """Refresh and deliver every dirty chat (see workers/drain.py)."""
+    """Refresh and deliver every due chat (see workers/drain.py)."""
     from workers.drain import drain as run_drain
 
     return run_drain(get_context())
 
 
 def deliver_webhook(sink: int, session_id: str, delivery_id: str) -> str:
-    """Send one webhook delivery; raising makes RQ retry it, then dead-letter it."""
-    from workers.webhooks import deliver
+    """Send a dead-lettered webhook delivery that an operator requeued; raising dead-letters it again."""
+    from workers.webhooks import deliver_requeued
 
-    return deliver(get_context(), sink, session_id, delivery_id)
+    return deliver_requeued(get_context(), sink, session_id, delivery_id)

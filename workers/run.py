@@ -21,6 +21,7 @@ log = logging.getLogger("gms_relay.worker")
 def run_worker(settings: Settings, burst: bool = False, name: str | None = None) -> int:
     configure_logging(settings.log_level)
     context = WorkerContext.build(settings)
+    context.start_watcher()
     set_context(context)
     connection = redis.Redis.from_url(settings.redis_url)
     queues = [Queue(q, connection=connection, serializer=JSONSerializer) for q in keys.QUEUES]
@@ -32,5 +33,6 @@ def run_worker(settings: Settings, burst: bool = False, name: str | None = None)
         logging_level=settings.log_level,
         dequeue_strategy=DequeueStrategy.ROUND_ROBIN,
     )
+    context.close()  # lets in-flight webhook deliveries finish
     log.info("worker stopped", extra={"worked": worked})
     return 0

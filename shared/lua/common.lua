@@ -59,8 +59,10 @@ end
 -- Outbox items: 'E<nextPosition>\t<deviceId>\t<event json>' for a transcript event, 'X<body>' for a
 -- complete delivery body (chat.ended, device.wakeup). Only the head delivery of a chat is in flight
 -- per sink; consecutive events are batched into one chat.events delivery whose bytes are fixed here,
--- so every retry carries the same webhook-id and body.
-local function start_delivery(sink, sid, job_id, ms, batch_max, keys_ttl_ms)
+-- so every retry carries the same webhook-id and body. Due deliveries sit in DELIVERIES by due time.
+local DELIVERIES = P .. 'deliveries'
+
+local function start_delivery(sink, sid, id, ms, batch_max, keys_ttl_ms)
   local okey = P .. 'outbox:' .. sink .. ':' .. sid
   local items = redis.call('LRANGE', okey, 0, batch_max - 1)
   if #items == 0 then return 0 end
@@ -83,31 +85,24 @@ local function start_delivery(sink, sid, job_id, ms, batch_max, keys_ttl_ms)
       .. ',"events":[' .. table.concat(events, ',') .. ']}}'
   end
   redis.call('LTRIM', okey, taken, -1)
-  redis.call('SET', P .. 'delivery:' .. job_id, body, 'PX', keys_ttl_ms)
-  redis.call('SET', P .. 'inflight:' .. sink .. ':' .. sid, job_id, 'PX', keys_ttl_ms)
-  -- Jittered copy of the retry schedule: +-20%, varied per delivery.
-  local jittered, seed = {}, ms % 9973
-  for i, seconds in ipairs(WEBHOOK_RETRY_SCHEDULE) do
-    seed = (seed * 7919 + i * 104729) % 10007
-    table.insert(jittered, math.max(1, math.floor(seconds * (0.8 + 0.4 * seed / 10007) + 0.5)))
-  end
-  local data = '["' .. WEBHOOK_FUNC .. '",null,[' .. sink .. ',' .. cjson.encode(sid) .. ','
-    .. cjson.encode(job_id) .. '],{}]'
-  write_job(WEBHOOK_TEMPLATE, job_id, WEBHOOK_QUEUE_NAME, data, ms,
-    {'retry_intervals', '[' .. table.concat(jittered, ',') .. ']'})
+  local dkey = P .. 'delivery:' .. id
+  redis.call('HSET', dkey, 'body', body, 'sink', sink, 'sid', sid, 'attempts', 0, 'created', ms)
+  redis.call('PEXPIRE', dkey, keys_ttl_ms)
+  redis.call('SET', P .. 'inflight:' .. sink .. ':' .. sid, id, 'PX', keys_ttl_ms)
+  redis.call('ZADD', DELIVERIES, ms, id)
   count('webhook_deliveries_created')
   return 1
 end
 
 -- Append items for every sink and start a delivery where none is in flight.
-local function fan_out(sid, items, sinks, job_base, ms, batch_max, keys_ttl_ms)
+local function fan_out(sid, items, sinks, id_base, ms, batch_max, keys_ttl_ms)
   if #items == 0 then return end
   for sink = 0, sinks - 1 do
     local okey = P .. 'outbox:' .. sink .. ':' .. sid
     redis.call('RPUSH', okey, unpack(items))
     redis.call('PEXPIRE', okey, keys_ttl_ms)
     if redis.call('EXISTS', P .. 'inflight:' .. sink .. ':' .. sid) == 0 then
-      start_delivery(sink, sid, job_base .. '-' .. sink, ms, batch_max, keys_ttl_ms)
+      start_delivery(sink, sid, id_base .. '-' .. sink, ms, batch_max, keys_ttl_ms)
     end
   end
 end

@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import time
 from collections.abc import Callable, Iterator
 
 import pytest
@@ -15,6 +16,7 @@ from tests.conftest import SettingsFactory
 from workers.context import WorkerContext, set_context
 
 Burst = Callable[[], None]
+BurstUntil = Callable[[Callable[[], bool]], None]
 
 
 @pytest.fixture
@@ -48,10 +50,25 @@ def burst(relay_settings: Settings, redis_client: redis.Redis) -> Iterator[Burst
 
     yield run
     set_context(None)
-    context.pool.shutdown()
-    context.gms.close()
-    context.webhook_http.close()
-    context.redis.close()
+    context.close()
+
+
+@pytest.fixture
+def burst_until(burst: Burst) -> BurstUntil:
+    """Burst, and again whenever the watcher finds work due later (backoffs, gap waits), until done."""
+    from workers.context import get_context
+    from workers.watcher import check_once
+
+    def run(condition: Callable[[], bool]) -> None:
+        deadline = time.monotonic() + 30
+        burst()
+        while not condition():
+            assert time.monotonic() < deadline, "condition not met within 30 s"
+            if check_once(get_context()):
+                burst()
+            time.sleep(0.02)
+
+    return run
 
 
 def stream_entries(client: redis.Redis, device_id: str) -> list[dict[str, str]]:

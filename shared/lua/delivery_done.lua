@@ -1,0 +1,13 @@
+-- A webhook delivery succeeded (or an operator skipped it): drop it and start the chat's next one.
+-- ARGV: id, next_id, now_ms, batch_max, webhook_keys_ttl_ms. Returns 1 if a next delivery started.
+local id = ARGV[1]
+local dkey = P .. 'delivery:' .. id
+local d = redis.call('HMGET', dkey, 'sink', 'sid')
+redis.call('ZREM', DELIVERIES, id)
+redis.call('DEL', dkey)
+if not d[1] then return 0 end
+local inflight = P .. 'inflight:' .. d[1] .. ':' .. d[2]
+if redis.call('GET', inflight) ~= id then return 0 end
+redis.call('DEL', inflight)
+count('webhook_delivered')
+return start_delivery(d[1], d[2], ARGV[2], tonumber(ARGV[3]), tonumber(ARGV[4]), ARGV[5])

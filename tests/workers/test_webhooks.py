@@ -1,0 +1,225 @@
+"""The webhook sink through real worker processes and a real receiver on loopback."""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import hmac
+import json
+import subprocess
+from collections import defaultdict
+from collections.abc import Iterator
+
+import httpx
+import pytest
+import redis
+from rq.job import Job
+from rq.registry import FailedJobRegistry
+from rq.serializers import JSONSerializer
+
+from shared import keys
+from shared.redis_server import RedisServer
+from shared.stack import relay_command
+from simulator.receiver import Delivery, WebhookReceiver
+from tests.processes import RelayProcesses, relay_env, relay_processes, wait_for
+from tests.pushes import body, event, payload_message
+
+pytestmark = [pytest.mark.e2e, pytest.mark.timeout(180)]
+
+SECRET = "whsec_" + base64.b64encode(b"0123456789abcdef0123456789abcdef").decode()
+
+
+def reference_verify(secret: str, headers: dict[str, str], payload: bytes) -> bool:
+    """Standard Webhooks verification, written from the spec, independent of the relay's code."""
+    key = base64.b64decode(secret.split("_", 1)[1])
+    content = f"{headers['webhook-id']}.{headers['webhook-timestamp']}.".encode() + payload
+    expected = base64.b64encode(hmac.new(key, content, hashlib.sha256).digest())
+    for candidate in headers["webhook-signature"].split(" "):
+        version, _, signature = candidate.partition(",")
+        if version == "v1" and hmac.compare_digest(signature.encode(), expected):
+            return True
+    return False
+
+
+def post(relay: RelayProcesses, content: bytes) -> None:
+    reply = httpx.post(f"{relay.base_url}/push", content=content)
+    assert reply.status_code == 200, reply.text
+
+
+@pytest.fixture
+def receiver() -> Iterator[WebhookReceiver]:
+    with WebhookReceiver(seed=1) as server:
+        yield server
+
+
+def env_for(redis_server: RedisServer, *urls: str, **extra: str) -> dict[str, str]:
+    return relay_env(
+        REDIS_URL=redis_server.url,
+        GMS_URL="http://127.0.0.1:9",
+        WEBHOOK_URL=",".join(urls),
+        WEBHOOK_SECRET=SECRET,
+        **extra,
+    )
+
+
+def by_chat(deliveries: list[Delivery]) -> dict[str, list[Delivery]]:
+    """Accepted deliveries per chat, in arrival order, first arrival of each webhook-id only."""
+    chats: dict[str, list[Delivery]] = defaultdict(list)
+    seen: set[str] = set()
+    for delivery in deliveries:
+        if delivery.webhook_id not in seen:
+            seen.add(delivery.webhook_id)
+            data = delivery.json["data"]
+            chats[data.get("sessionId") or "~" + data["deviceId"]].append(delivery)
+    return chats
+
+
+def ended_chats(receiver: WebhookReceiver) -> set[str]:
+    return {d.json["data"]["sessionId"] for d in receiver.accepted() if d.json["type"] == "chat.ended"}
+
+
+def test_deliveries_are_signed_and_shaped_per_contract(
+    redis_server: RedisServer, redis_client: redis.Redis, receiver: WebhookReceiver
+) -> None:
+    sent = [event(1, "ParticipantJoined"), event(2, x_future={"a": 1}), event(3)]
+    with relay_processes(env_for(redis_server, receiver.url), workers=1) as relay:
+        post(relay, body(payload_message(sent[:2])))
+        post(relay, body(payload_message(sent[2:], ended=True)))
+        post(relay, body("dummy message", device_id="lonely"))
+        wait_for(
+            lambda: (
+                "s1" in ended_chats(receiver)
+                and any(d.json["type"] == "device.wakeup" for d in receiver.accepted())
+            )
+        )
+    deliveries = receiver.accepted()
+    for delivery in deliveries:
+        headers = {
+            "webhook-id": delivery.webhook_id,
+            "webhook-timestamp": delivery.timestamp,
+            "webhook-signature": delivery.signature,
+        }
+        assert reference_verify(SECRET, headers, delivery.body)
+        assert not reference_verify(SECRET, headers, delivery.body + b" ")
+        assert delivery.timestamp.isdigit()
+    chat = by_chat(deliveries)["s1"]
+    events = [e for d in chat if d.json["type"] == "chat.events" for e in d.json["data"]["events"]]
+    assert events == sent  # every member kept, in order
+    first = chat[0].json
+    assert first["data"]["deviceId"] == "d1" and first["data"]["nextPosition"] >= 3
+    assert first["timestamp"].endswith("Z")
+    assert chat[-1].json["data"] == {"deviceId": "d1", "sessionId": "s1", "reason": "chatEnded"}
+    [wakeup] = [d.json for d in deliveries if d.json["type"] == "device.wakeup"]
+    assert wakeup["data"] == {"deviceId": "lonely", "text": "dummy message"}
+
+
+def test_order_per_chat_survives_failures_and_an_outage(
+    redis_server: RedisServer, redis_client: redis.Redis
+) -> None:
+    chats, per_chat = 16, 12
+    receiver = WebhookReceiver(fail_rate=0.3, seed=3)
+    receiver.start()
+    env = env_for(
+        redis_server, receiver.url, WEBHOOK_RETRY_SCHEDULE_S="1,1,1,1,1,1,1,1,1,1,1,1", WEBHOOK_BATCH_MAX="4"
+    )
+    try:
+        with relay_processes(env, workers=2) as relay:
+            for start in range(1, per_chat + 1, 3):
+                for chat in range(chats):
+                    batch = [event(i) for i in range(start, min(start + 3, per_chat + 1))]
+                    ended = start + 3 > per_chat
+                    post(relay, body(payload_message(batch, chat_id=f"c{chat}", ended=ended), f"d{chat}"))
+                if start == 4:
+                    wait_for(lambda: len(receiver.accepted()) > 10)
+                    receiver.stop()  # down entirely for a while
+                    wait_for(lambda: redis_client.hget(keys.COUNTERS, "webhook_retried") is not None)
+                    receiver.start()
+            wait_for(lambda: len(ended_chats(receiver)) == chats, timeout_s=120)
+    finally:
+        receiver.stop()
+    accepted = receiver.accepted()
+    ids_by_event: dict[tuple[str, int], set[str]] = defaultdict(set)
+    bodies_by_id: dict[str, set[bytes]] = defaultdict(set)
+    for delivery in accepted:
+        bodies_by_id[delivery.webhook_id].add(delivery.body)
+        for e in delivery.json["data"].get("events", []):
+            ids_by_event[(delivery.json["data"]["sessionId"], e["index"])].add(delivery.webhook_id)
+    assert all(len(ids) == 1 for ids in ids_by_event.values())  # duplicates only share a webhook-id
+    assert all(len(bodies) == 1 for bodies in bodies_by_id.values())  # a retry sends the same bytes
+    for session_id, deliveries in by_chat(accepted).items():
+        indexes = [e["index"] for d in deliveries for e in d.json["data"].get("events", [])]
+        assert indexes == list(range(1, per_chat + 1)), session_id
+        assert [d.json["type"] for d in deliveries][-1] == "chat.ended"
+    assert any(d.status != 200 for d in receiver.deliveries)
+
+
+def test_dead_letter_then_requeue_delivers_with_the_same_id(
+    redis_server: RedisServer, redis_client: redis.Redis
+) -> None:
+    receiver = WebhookReceiver(fail_rate=1.0)
+    receiver.start()
+    env = env_for(redis_server, receiver.url, WEBHOOK_RETRY_SCHEDULE_S="1")
+    registry = FailedJobRegistry(keys.WEBHOOK_QUEUE, connection=redis_client, serializer=JSONSerializer)
+    try:
+        with relay_processes(env, workers=1) as relay:
+            post(relay, body(payload_message([event(1)])))
+            wait_for(lambda: len(registry.get_job_ids()) == 1)
+            [job_id] = registry.get_job_ids()
+            job = Job.fetch(job_id, connection=redis_client, serializer=JSONSerializer)
+            result = job.latest_result()
+            assert result is not None and "HTTP 500" in (result.exc_string or "")
+            assert {d.webhook_id for d in receiver.deliveries} == {job_id}  # first try + one retry
+            assert len(receiver.deliveries) == 2
+            post(relay, body(payload_message([event(2)])))  # waits behind the dead letter
+            wait_for(lambda: redis_client.llen(keys.outbox(0, "s1")) == 1)
+            receiver.fail_rate = 0.0
+            requeue = subprocess.run(relay_command("requeue-failed", "--all"), env=env, capture_output=True)
+            assert requeue.returncode == 0, requeue.stderr
+            wait_for(lambda: len(receiver.accepted()) == 2)
+    finally:
+        receiver.stop()
+    first, second = receiver.accepted()
+    assert first.webhook_id == job_id
+    assert [e["index"] for e in first.json["data"]["events"]] == [1]
+    assert [e["index"] for e in second.json["data"]["events"]] == [2]
+    assert registry.get_job_ids() == []
+
+
+def test_skip_failed_releases_the_chat(redis_server: RedisServer, redis_client: redis.Redis) -> None:
+    receiver = WebhookReceiver(fail_rate=1.0)
+    receiver.start()
+    env = env_for(redis_server, receiver.url, WEBHOOK_RETRY_SCHEDULE_S="1")
+    registry = FailedJobRegistry(keys.WEBHOOK_QUEUE, connection=redis_client, serializer=JSONSerializer)
+    try:
+        with relay_processes(env, workers=1) as relay:
+            post(relay, body(payload_message([event(1)])))
+            post(relay, body(payload_message([event(2)])))
+            wait_for(lambda: len(registry.get_job_ids()) == 1)
+            [job_id] = registry.get_job_ids()
+            receiver.fail_rate = 0.0
+            skip = subprocess.run(relay_command("skip-failed", job_id), env=env, capture_output=True)
+            assert skip.returncode == 0, skip.stderr
+            wait_for(lambda: len(receiver.accepted()) == 1)
+    finally:
+        receiver.stop()
+    [delivered] = receiver.accepted()
+    assert [e["index"] for e in delivered.json["data"]["events"]] == [2]
+
+
+def test_a_slow_endpoint_does_not_delay_another(redis_server: RedisServer, redis_client: redis.Redis) -> None:
+    slow, fast = WebhookReceiver(delay_s=2.0), WebhookReceiver()
+    slow.start()
+    fast.start()
+    try:
+        with relay_processes(env_for(redis_server, slow.url, fast.url), workers=2) as relay:
+            for chat in range(20):
+                post(relay, body(payload_message([event(1)], chat_id=f"c{chat}"), f"d{chat}"))
+                post(relay, body(payload_message([event(2)], chat_id=f"c{chat}", ended=True), f"d{chat}"))
+            wait_for(lambda: len(ended_chats(fast)) == 20)
+            slow_done = len(ended_chats(slow))
+            wait_for(lambda: len(ended_chats(slow)) == 20, timeout_s=60)
+    finally:
+        slow.stop()
+        fast.stop()
+    assert slow_done < 20  # the fast endpoint finished while the slow one was still busy
+    assert json.loads(fast.accepted()[0].body)["type"] == "chat.events"
