@@ -30,7 +30,8 @@ def run_worker(settings: Settings, burst: bool = False, name: str | None = None)
     worked = worker.work(
         burst=burst,
         with_scheduler=True,
-        logging_level=settings.log_level,
+        # RQ logs every job at INFO; keep that for DEBUG.
+        logging_level=settings.log_level if settings.log_level != "INFO" else "WARNING",
         dequeue_strategy=DequeueStrategy.ROUND_ROBIN,
     )
     context.close()  # lets in-flight webhook deliveries finish
