@@ -398,7 +398,6 @@ def sender_process(
 @dataclass
 class Bench:
     args: argparse.Namespace
-    redis_url: str
     flush: redis.Redis
     servers: dict[str, Server]
     children: list[multiprocessing.process.BaseProcess] = field(default_factory=list)
@@ -413,9 +412,15 @@ class Bench:
 
         return summarize(target, *send_sequence(server.port, warmup, measured, probe=probe))
 
-    def run_senders(self, count: int, round_no: int) -> list[Run]:
-        """`count` concurrent sequential senders against our ingress, each with its own chats."""
+    def run_senders(self, count: int, round_no: int) -> tuple[list[Run], float]:
+        """`count` concurrent sequential senders against our ingress, each with its own chats.
+
+        Also returns the ingress's CPU time per request (warm-up included), to tell queueing in a
+        saturated process apart from slowness of each request.
+        """
         self.flush.flushall()
+        server_pid = self.servers["ours"].process.pid
+        cpu_before = process_cpu_s(server_pid)
         context = multiprocessing.get_context("spawn")
         barrier = context.Barrier(count)
         pipes: list[Pipe] = []
@@ -448,10 +453,11 @@ class Bench:
             if status != "ok":
                 raise RuntimeError(f"sender {k} failed: {latencies}")
             runs.append(summarize(f"sender {k + 1}", latencies, elapsed_s, outcomes))
+        cpu_s = process_cpu_s(server_pid) - cpu_before
         for child in self.children:
             child.join(10)
         self.children.clear()
-        return runs
+        return runs, cpu_s * 1e6 / (count * (self.args.warmup + self.args.requests))
 
     def stop_children(self) -> None:
         for process in self.children:
@@ -521,18 +527,25 @@ def run_benchmark(args: argparse.Namespace, bench: Bench) -> dict[str, Any]:
     medians = {t: median_run(runs) for t, runs in per_target.items()}
 
     print()
-    print(f"median of {args.rounds} rounds; CPU columns: CPU time per request of each process")
     print(
-        f"{'target':<20} {'p50 us':>9} {'p99 us':>9} {'req/s':>9}"
+        f"median of {args.rounds} rounds; p50 range: lowest-highest round (noise); "
+        "CPU: CPU time per request of each process"
+    )
+    print(
+        f"{'target':<20} {'p50 us':>9} {'p99 us':>9} {'req/s':>9} {'p50 range':>13}"
         f" {'server CPU us':>14} {'redis CPU us':>13} {'client CPU us':>14}"
     )
     for target in TARGETS:
         m = medians[target]
+        p50s = [r.p50_us for r in per_target[target]]
+        spread = f"{min(p50s):.0f}-{max(p50s):.0f}"
         cpu = " ".join(
             f"{m[name]:{width}.1f}" if name in m else f"{'-':>{width}}"
             for name, width in (("server_cpu_us", 14), ("redis_cpu_us", 13), ("client_cpu_us", 14))
         )
-        print(f"{LABELS[target]:<20} {m['p50_us']:9.1f} {m['p99_us']:9.1f} {m['rate']:9.0f} {cpu}")
+        print(
+            f"{LABELS[target]:<20} {m['p50_us']:9.1f} {m['p99_us']:9.1f} {m['rate']:9.0f} {spread:>13} {cpu}"
+        )
     p50_ratio = medians["ours"]["p50_us"] / medians["floor"]["p50_us"]
     rate_ratio = medians["ours"]["rate"] / medians["naive"]["rate"]
     print()
@@ -564,36 +577,56 @@ def run_benchmark(args: argparse.Namespace, bench: Bench) -> dict[str, Any]:
         },
     }
     if args.senders > 1:
-        results["senders"] = run_concurrent(args, bench, medians["ours"]["p99_us"])
+        results["senders"] = run_concurrent(args, bench, medians["ours"])
     return results
 
 
-def run_concurrent(args: argparse.Namespace, bench: Bench, single_p99_us: float) -> dict[str, Any]:
+def run_concurrent(args: argparse.Namespace, bench: Bench, single: dict[str, float]) -> dict[str, Any]:
+    single_p99_us = single["p99_us"]
     k = args.senders
     print()
     print(
         f"{k} sequential senders at once (a process and connection each) against ours, {args.rounds} rounds"
     )
     per_sender: list[list[Run]] = [[] for _ in range(k)]
+    busy: list[float] = []
     for round_no in range(args.rounds):
-        runs = bench.run_senders(k, round_no)
+        runs, cpu_us = bench.run_senders(k, round_no)
         for i, run in enumerate(runs):
             per_sender[i].append(run)
         total = sum(r.rate for r in runs)
         worst = max(r.p99_us for r in runs)
-        print(f"  round {round_no + 1}/{args.rounds}  total {total:8.0f} req/s  worst p99 {worst:8.1f} us")
+        busy.append(cpu_us * total / 1e6)  # fraction of one core the ingress process used
+        print(
+            f"  round {round_no + 1}/{args.rounds}  total {total:6.0f} req/s  worst p99 {worst:8.1f} us  "
+            f"ingress CPU {cpu_us:6.1f} us/req, busy {busy[-1]:4.0%}"
+        )
     print()
-    print(f"{'sender':<10} {'p50 us':>9} {'p99 us':>9} {'req/s':>9} {'p99 / single p99':>17}")
+    print(
+        f"{'sender':<10} {'p50 us':>9} {'p99 us':>9} {'req/s':>9}"
+        f" {'p99 / single p99':>17} {'p50 / single p50':>17}"
+    )
     senders: list[dict[str, Any]] = []
     ratios: list[float] = []
     total_rate = 0.0
     for i, runs in enumerate(per_sender):
         m = median_run(runs)
         ratio = m["p99_us"] / single_p99_us
+        p50_ratio = m["p50_us"] / single["p50_us"]
         ratios.append(ratio)
         total_rate += m["rate"]
-        senders.append({**m, "p99_over_single_p99": ratio, "rounds": [asdict(r) for r in runs]})
-        print(f"{f'sender {i + 1}':<10} {m['p50_us']:9.1f} {m['p99_us']:9.1f} {m['rate']:9.0f} {ratio:17.2f}")
+        senders.append(
+            {
+                **m,
+                "p99_over_single_p99": ratio,
+                "p50_over_single_p50": p50_ratio,
+                "rounds": [asdict(r) for r in runs],
+            }
+        )
+        print(
+            f"{f'sender {i + 1}':<10} {m['p50_us']:9.1f} {m['p99_us']:9.1f} {m['rate']:9.0f} "
+            f"{ratio:17.2f} {p50_ratio:17.2f}"
+        )
     worst_ratio = max(ratios)
     print(f"{'all':<10} {'':>9} {'':>9} {total_rate:9.0f}")
     print()
@@ -601,6 +634,11 @@ def run_concurrent(args: argparse.Namespace, bench: Bench, single_p99_us: float)
         f"worst sender p99 / single-sender p99 ({single_p99_us:.1f} us) = {worst_ratio:5.2f}  "
         f"(target < {SENDERS_P99_TARGET})  {verdict(worst_ratio < SENDERS_P99_TARGET)}"
     )
+    if statistics.median(busy) > 0.8:
+        print(
+            f"note: the ingress process was {statistics.median(busy):.0%} busy: with one uvicorn process, "
+            f"requests from the {k} senders queue behind each other, so latency grows with the sender count"
+        )
     cpus = os.cpu_count() or 1
     if cpus < k + 2:
         print(
@@ -613,8 +651,10 @@ def run_concurrent(args: argparse.Namespace, bench: Bench, single_p99_us: float)
     return {
         "count": k,
         "single_sender_p99_us": single_p99_us,
+        "single_sender_p50_us": single["p50_us"],
         "senders": senders,
         "total_rate": total_rate,
+        "ingress_busy_fraction": statistics.median(busy),
         "worst_p99_over_single_p99": {
             "value": worst_ratio,
             "target_max_exclusive": SENDERS_P99_TARGET,
@@ -636,7 +676,7 @@ def stack(args: argparse.Namespace) -> Iterator[Bench]:
                 servers[target] = Server(target, redis_server.url, Path(tmp))
             for server in servers.values():
                 server.wait_ready()
-            bench = Bench(args, redis_server.url, redis.Redis.from_url(redis_server.url), servers)
+            bench = Bench(args, redis.Redis.from_url(redis_server.url), servers)
             yield bench
         finally:
             if bench is not None:

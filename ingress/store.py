@@ -34,7 +34,7 @@ class IngressStore:
             retry=None,
             max_connections=256,
         )
-        self.scripts = ScriptSources.build(settings).register(self.client)
+        self.scripts = ScriptSources.build().register(self.client)
         # Job ids unique across ingress processes without asking Redis: pid + random + counter.
         self._job_prefix = f"drain-{os.getpid():x}{os.urandom(3).hex()}-"
         self._job_counter = itertools.count()

@@ -36,12 +36,6 @@ def _up(args: argparse.Namespace) -> int:
     return int(run_stack(args))
 
 
-def _simulate(args: argparse.Namespace) -> int:
-    from simulator.cli import main as simulate_main
-
-    return int(simulate_main(args.rest))
-
-
 def _requeue(args: argparse.Namespace) -> int:
     from workers.admin import requeue_failed
 
@@ -77,9 +71,7 @@ def build_parser() -> argparse.ArgumentParser:
     up.add_argument("--data-dir", default=".gms-relay", help="embedded Redis data directory")
     up.set_defaults(func=_up)
 
-    simulate = sub.add_parser("simulate", help="GMS + Chat Server simulator (see --help)", add_help=False)
-    simulate.add_argument("rest", nargs=argparse.REMAINDER)
-    simulate.set_defaults(func=_simulate)
+    sub.add_parser("simulate", help="GMS + Chat Server simulator (gms-relay simulate --help)", add_help=False)
 
     requeue = sub.add_parser("requeue-failed", help="send dead-lettered webhook deliveries again")
     requeue.add_argument("--all", action="store_true")
@@ -95,6 +87,12 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    if argv[:1] == ["simulate"]:
+        # The simulator owns its options; argparse's REMAINDER would swallow them unreliably.
+        from simulator.cli import main as simulate_main
+
+        return int(simulate_main(argv[1:]))
     args = build_parser().parse_args(argv)
     try:
         return int(args.func(args))

@@ -39,8 +39,13 @@ def _die_with_parent() -> None:
 class Child:
     def __init__(self, name: str, argv: list[str], env: Mapping[str, str]) -> None:
         self.name = name
+        # PR_SET_PDEATHSIG fires when the spawning *thread* exits, so only the main thread asks for it.
+        on_main_thread = threading.current_thread() is threading.main_thread()
         self.process = subprocess.Popen(
-            argv, env=dict(env), start_new_session=True, preexec_fn=_die_with_parent
+            argv,
+            env=dict(env),
+            start_new_session=True,
+            preexec_fn=_die_with_parent if on_main_thread else None,
         )
 
     def alive(self) -> bool:

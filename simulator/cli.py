@@ -29,6 +29,9 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--chat-port", type=int, default=8090, help="port of the Chat API server (the relay's GMS_URL)"
     )
+    p.add_argument(
+        "--chat-host", default="127.0.0.1", help="address the Chat API server binds (0.0.0.0 in containers)"
+    )
     p.add_argument("--service", default="customer-support")
     p.add_argument("--chats", type=int, default=10, help="concurrent chats")
     p.add_argument("--events", type=int, default=20, help="events per chat")
@@ -129,7 +132,7 @@ def main(argv: list[str] | None = None) -> int:
         {sig: signal.signal(sig, interrupt) for sig in (signal.SIGINT, signal.SIGTERM)} if in_main else {}
     )
     try:
-        with ChatServer(port=args.chat_port, faults=faults) as server:
+        with ChatServer(host=args.chat_host, port=args.chat_port, faults=faults) as server:
             print(f"Chat API on {server.base_url} (the relay's GMS_URL)", file=sys.stderr)
             push_url = push_url_with_token(args.push_url, args.push_token)
             report = run_scenario(push_url, config, server=server, stop=stop)

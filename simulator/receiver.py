@@ -133,6 +133,7 @@ class WebhookReceiver:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description="demo webhook receiver: prints what it accepts")
     parser.add_argument("--port", type=int, default=8099)
+    parser.add_argument("--host", default="127.0.0.1", help="address to bind (0.0.0.0 in containers)")
     args = parser.parse_args(argv)
     secret = os.environ.get("WEBHOOK_SECRET")
     receiver = WebhookReceiver(port=args.port)
@@ -153,7 +154,7 @@ def main(argv: list[str] | None = None) -> int:
                 flush=True,
             )
 
-    uvicorn.run(printing_app, host="127.0.0.1", port=args.port, log_level="warning", access_log=False)
+    uvicorn.run(printing_app, host=args.host, port=args.port, log_level="warning", access_log=False)
     return 0
 
 

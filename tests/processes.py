@@ -49,6 +49,22 @@ class RelayProcesses:
         self.workers.append(worker)
         return worker
 
+    def restart_ingress(self, signum: int) -> Child:
+        """Stop the ingress with `signum` (SIGTERM: graceful, SIGKILL: crash) and start it again."""
+        assert self.ingress is not None
+        self.ingress.signal(signum)
+        self.ingress.wait(30)
+        self.stack.children.remove(self.ingress)
+        return self.start_ingress()
+
+    def stop_worker(self, worker: Child, signum: int) -> int:
+        """Stop one worker with `signum` and return its exit code."""
+        worker.signal(signum)
+        worker.wait(90)
+        self.stack.children.remove(worker)
+        self.workers.remove(worker)
+        return worker.process.returncode
+
     def start_ingress(self) -> Child:
         self.ingress = self.stack.start(
             "ingress", relay_command("ingress", "--port", str(self.port)), self.env

@@ -1,0 +1,1318 @@
+"""Benchmark the whole relay (ingress + N worker processes) against the naive baseline, on loopback.
+
+Both systems get the same workload from the same simulated GMS cluster, in the same invocation:
+  ours   `gms-relay ingress` + N `gms-relay worker` processes (drain jobs, coalesced Refresh);
+  naive  benchmarks/naive.py: one plain RQ job per push on N forking `rq worker` processes.
+
+The simulated GMS is this process plus `--senders` sender processes:
+  - the simulator's Chat API v2 server (simulator.server.ChatServer) and its in-memory transcripts;
+  - a driver opening `--chats` concurrent reliable-mode chats (a new one whenever one ends) and adding
+    bursty activity at `--rate` events/s: a message, often followed within ms by typing events and
+    another message (the simulator's mix). Every event is one trigger, as Chat Server sends them;
+  - Chat Server's resends: a trigger not acknowledged by a Refresh within `--resend-delay` seconds is
+    sent again with notify-attempt + 1 (up to `--resend-attempts` times); `--duplicate-rate` of the
+    triggers are also sent twice (exact duplicates);
+  - K sender processes, each one sequential keep-alive HTTP/1.1 connection like one GMS node (a chat
+    always goes through the same node), timing every push with the wall clock.
+Every trigger carries `secure-key` (flex-push-content incl. secure-key) so both systems can Refresh.
+
+Measured per run (JSON with `--json PATH`, a table on stdout):
+  - trigger-to-stream latency: trigger POST sent (wall clock) -> the event's entry in the Redis stream
+    (the entry id's milliseconds are Redis server time, same clock); with `--webhook` (ours only) also
+    -> the webhook delivery received. p50/p95/p99 over the events announced in the measurement window
+    (after `--warmup`); an event never delivered counts as infinitely late;
+  - sustained notifications/s accepted and events/s delivered (distinct (session, index)) in the window;
+  - Refresh calls per trigger (coalescing), resends Chat Server had to send, duplicates in the stream;
+  - Redis used_memory vs the idle baseline: per active chat at the end of the window, and after every
+    chat ended (with a key census by kind); ingress / worker RSS (VmRSS); CPU seconds per component.
+
+    python benchmarks/pipeline.py [--workers 1,2] [--rate 500] [--duration 20] [--chats 200]
+                                  [--systems ours,naive] [--webhook] [--json out.json]
+"""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+_HERE = Path(__file__).resolve().parent
+_ROOT = _HERE.parent
+# Run as a script, this folder would come first on sys.path and benchmarks/ingress.py would shadow the
+# `ingress` package: drop it and put the repo root first.
+sys.path[:] = [p for p in sys.path if Path(p or ".").resolve() != _HERE]
+if str(_ROOT) not in sys.path:
+    sys.path.insert(0, str(_ROOT))
+
+import argparse  # noqa: E402
+import base64  # noqa: E402
+import contextlib  # noqa: E402
+import json  # noqa: E402
+import math  # noqa: E402
+import multiprocessing  # noqa: E402
+import os  # noqa: E402
+import platform  # noqa: E402
+import queue  # noqa: E402
+import random  # noqa: E402
+import secrets  # noqa: E402
+import shutil  # noqa: E402
+import signal  # noqa: E402
+import socket  # noqa: E402
+import subprocess  # noqa: E402
+import tempfile  # noqa: E402
+import threading  # noqa: E402
+import time  # noqa: E402
+import zlib  # noqa: E402
+from collections import Counter, defaultdict  # noqa: E402
+from collections.abc import Callable, Iterator  # noqa: E402
+from contextlib import contextmanager  # noqa: E402
+from dataclasses import asdict, dataclass, field  # noqa: E402
+from multiprocessing.connection import Connection  # noqa: E402
+from types import FrameType  # noqa: E402
+from typing import Any, NamedTuple  # noqa: E402
+
+import msgspec  # noqa: E402
+import redis  # noqa: E402
+
+from shared.redis_server import RedisServer, free_port  # noqa: E402
+from shared.stack import Stack, wait_until_ready  # noqa: E402
+from simulator.server import ChatServer  # noqa: E402
+from simulator.transcript import Chat, EventSpec, PendingTrigger  # noqa: E402
+from tests.processes import relay_env, relay_processes  # noqa: E402
+
+SYSTEMS = ("ours", "naive")
+SERVICE = "customer-support"
+STREAM_PREFIX = "gms-relay:events:"
+COUNTERS = "gms-relay:counters"
+NAIVE_QUEUE = "naive"
+# Targets of issue #6, checked by benchmarks/sweep.py.
+TARGET_P50_MS = 20.0
+TARGET_P99_MS = 100.0
+TARGET_RATE = 500.0
+TARGET_THROUGHPUT_X = 3.0
+# Saturation: delivered below this share of the offered rate, or p99 above this.
+SATURATED_SHARE = 0.9
+SATURATED_P99_MS = 1000.0
+_RESEND_POLL_S = 0.05
+_SAMPLE_S = 0.5
+_CLK_TCK = os.sysconf("SC_CLK_TCK")
+_LINES = (
+    "Hello, how can I help?",
+    "Let me check that for you.",
+    "One moment please.",
+    "Done: anything else?",
+)
+_SPAWN = multiprocessing.get_context("spawn")
+
+
+@dataclass(frozen=True)
+class Workload:
+    rate: float = 500.0  # offered events (= fresh triggers) per second over all chats
+    duration_s: float = 20.0  # sending time, warm-up included
+    warmup_s: float = 3.0  # excluded from every measurement
+    chats: int = 200  # concurrent chats
+    events_per_chat: int = 40  # agent/customer events per chat before it ends
+    senders: int = 4  # GMS nodes (sequential senders)
+    resend_delay_s: float = 1.0  # Chat Server flex-push-resend-delay (1 s is its minimum)
+    resend_attempts: int = 3
+    duplicate_rate: float = 0.02  # triggers also sent twice, unchanged
+    drain_timeout_s: float = 30.0  # after sending stops, how long to wait for the backlog
+    webhook: bool = False  # ours only: also measure trigger -> webhook received
+    seed: int = 1
+
+
+# --- /proc helpers ----------------------------------------------------------------------------------
+
+
+def rss_kb(pid: int) -> int | None:
+    """VmRSS of a process, in KiB; None once it is gone."""
+    try:
+        with open(f"/proc/{pid}/status") as status:
+            for line in status:
+                if line.startswith("VmRSS:"):
+                    return int(line.split()[1])
+    except OSError:
+        return None
+    return None
+
+
+def cpu_s(pid: int) -> float:
+    """User + system CPU seconds of a process and its reaped children (RQ's forked work horses)."""
+    try:
+        with open(f"/proc/{pid}/stat") as stat:
+            fields = stat.read().rpartition(")")[2].split()
+    except OSError:
+        return 0.0
+    return sum(int(f) for f in fields[11:15]) / _CLK_TCK
+
+
+def machine_cpu() -> tuple[float, float]:
+    """(busy CPU seconds of the whole machine, seconds some task waited for a CPU: PSI "some")."""
+    values = [int(v) for v in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:9]]
+    busy = (sum(values) - values[3] - values[4]) / _CLK_TCK
+    stalled = 0.0
+    with contextlib.suppress(OSError, ValueError, IndexError):
+        some = Path("/proc/pressure/cpu").read_text().splitlines()[0]
+        stalled = int(some.rpartition("total=")[2]) / 1e6
+    return busy, stalled
+
+
+def _tree(pid: int) -> list[int]:
+    """A process and all its descendants (RQ's scheduler process, forked jobs)."""
+    children: dict[int, list[int]] = defaultdict(list)
+    for entry in os.listdir("/proc"):
+        if entry.isdigit():
+            with contextlib.suppress(OSError, IndexError, ValueError):
+                with open(f"/proc/{entry}/stat") as stat:
+                    parent = int(stat.read().rpartition(")")[2].split()[1])
+                children[parent].append(int(entry))
+    found, todo = [], [pid]
+    while todo:
+        current = todo.pop()
+        found.append(current)
+        todo.extend(children.get(current, []))
+    return found
+
+
+# --- the GMS nodes: sender processes -----------------------------------------------------------------
+
+
+class Item(NamedTuple):
+    """One push for a sender: a reliable trigger (position -1: the customer left)."""
+
+    device_id: str
+    session_id: str
+    user_id: str
+    secure_key: str
+    cometd_key: str
+    position: int
+    event_index: int  # the transcript index this trigger announces
+    attempt: int
+    duplicate: bool  # send it twice
+    dispatched_at: float  # time.time() when the GMS handed it to the node
+
+
+# (session, index, attempt, position, duplicate, dispatched_at, sent_at, replied_at, status, outcome)
+SendRecord = tuple[str, int, int, int, bool, float, float, float, int, str]
+
+
+class HttpConnection:
+    """Minimal HTTP/1.1 keep-alive client on a raw socket: one request at a time, as a GMS node."""
+
+    def __init__(self, host: str, port: int) -> None:
+        self.address = (host, port)
+        self.sock: socket.socket | None = None
+        self.buffer = b""
+
+    def connect(self) -> socket.socket:
+        if self.sock is None:
+            self.sock = socket.create_connection(self.address, timeout=30)
+            self.sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+            self.buffer = b""
+        return self.sock
+
+    def post(self, path: str, body: bytes) -> tuple[int, bytes]:
+        sock = self.connect()
+        head = (
+            f"POST {path} HTTP/1.1\r\nHost: {self.address[0]}\r\nUser-Agent: gms-bench\r\n"
+            f"Content-Type: application/json\r\nContent-Length: {len(body)}\r\n\r\n"
+        ).encode()
+        try:
+            sock.sendall(head + body)
+            return self._read()
+        except OSError:
+            self.close()
+            raise
+
+    def _read(self) -> tuple[int, bytes]:
+        assert self.sock is not None
+        buffer = self.buffer
+        while (end := buffer.find(b"\r\n\r\n")) < 0:
+            chunk = self.sock.recv(65536)
+            if not chunk:
+                raise ConnectionError("server closed the connection")
+            buffer += chunk
+        lines = buffer[:end].split(b"\r\n")
+        status = int(lines[0][9:12])
+        length = 0
+        for line in lines[1:]:
+            name, _, value = line.partition(b":")
+            if name.strip().lower() == b"content-length":
+                length = int(value)
+        total = end + 4 + length
+        while len(buffer) < total:
+            chunk = self.sock.recv(65536)
+            if not chunk:
+                raise ConnectionError("server closed the connection")
+            buffer += chunk
+        self.buffer = buffer[total:]
+        return status, buffer[end + 4 : total]
+
+    def close(self) -> None:
+        if self.sock is not None:
+            with contextlib.suppress(OSError):
+                self.sock.close()
+            self.sock = None
+
+
+def trigger_body(item: Item) -> bytes:
+    """A reliable trigger exactly as the simulator's sender builds it (simulator/sender.py)."""
+    user_data = {
+        "notify-position": str(item.position),
+        "notify-attempt": str(item.attempt),
+        "session-id": item.session_id,
+        "user-id": item.user_id,
+        "secure-key": item.secure_key,
+    }
+    event = {
+        "index": item.event_index,
+        "type": "PushUrl",
+        "from": {"participantId": 0},
+        "text": "PUSH-NOTIFICATION",
+        "utcTime": int(time.time() * 1000),
+        "userData": user_data,
+    }
+    message = {
+        "messages": [event],
+        "chatId": "deprecated",
+        "userId": "deprecated",
+        "secureKey": item.cometd_key,
+        "chatEnded": item.position == -1,
+    }
+    return msgspec.json.encode({"deviceId": item.device_id, "message": message})
+
+
+def sender_main(port: int, inbox: Any, sent: Any, results: Connection, counters: Any) -> None:
+    """A GMS node: POST each queued push, wait for the reply, record it; None ends the loop.
+
+    Just before a trigger's POST leaves, (session, position, index, attempt, monotonic time) goes to
+    `sent`: Chat Server's resend timer starts then. `counters` (shared): [0] pushes handled (-1 until
+    connected), [1] triggers announced on `sent`."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # the parent stops us
+    connection = HttpConnection("127.0.0.1", port)
+    connection.connect()
+    counters[0] = 0
+    records: list[SendRecord] = []
+    while True:
+        item: Item | None = inbox.get()
+        if item is None:
+            break
+        body = trigger_body(item)
+        if item.position != -1:  # the customer is gone after -1: nobody to resend to
+            sent.put((item.session_id, item.position, item.event_index, item.attempt, time.monotonic()))
+            counters[1] += 1
+        for copy in range(2 if item.duplicate else 1):
+            sent_at = time.time()
+            try:
+                status, reply = connection.post("/push", body)
+                outcome = reply[11:-2].decode(errors="replace") if status == 200 else reply[:60].decode()
+            except OSError as exc:
+                status, outcome = 0, type(exc).__name__
+            replied_at = time.time()
+            records.append(
+                (
+                    item.session_id,
+                    item.event_index,
+                    item.attempt,
+                    item.position,
+                    copy == 1,
+                    item.dispatched_at,
+                    sent_at,
+                    replied_at,
+                    status,
+                    outcome,
+                )
+            )
+        counters[0] += 1
+    connection.close()
+    results.send(records)
+    results.close()
+
+
+# --- the webhook receiver (ours, --webhook): its own process -----------------------------------------
+
+
+def receiver_main(port: int, control: Connection, received: Any) -> None:
+    """Run simulator.receiver.WebhookReceiver; report the first arrival of each (session, index)."""
+    from simulator.receiver import WebhookReceiver
+
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    first: dict[tuple[str, int], float] = {}
+    with WebhookReceiver(port=port) as receiver:
+        control.send("ready")
+        seen = 0
+        while not control.poll(0.1):
+            seen = _scan_deliveries(receiver.accepted(), seen, first)
+            received.value = len(first)
+        control.recv()
+        _scan_deliveries(receiver.accepted(), seen, first)
+        control.send(first)
+
+
+def _scan_deliveries(accepted: list[Any], seen: int, first: dict[tuple[str, int], float]) -> int:
+    for delivery in accepted[seen:]:
+        body = json.loads(delivery.body)
+        if body.get("type") != "chat.events":
+            continue
+        data = body["data"]
+        for event in data["events"]:
+            first.setdefault((data["sessionId"], event["index"]), delivery.received_at)
+    return len(accepted)
+
+
+# --- the simulated GMS + Chat Server -----------------------------------------------------------------
+
+
+@dataclass
+class LiveChat:
+    chat_id: str
+    remaining: int
+
+
+@dataclass
+class GmsStats:
+    chats_opened: int = 0
+    events: int = 0
+    triggers: int = 0  # fresh triggers dispatched (one per event, plus notify-position -1 at the end)
+    resends: int = 0
+    exhausted: int = 0
+
+
+class Gms:
+    """Chat Server + GMS nodes: drives chats in the ChatServer's store, dispatches their triggers to
+    the sender processes (a chat always to the same node) and resends unacknowledged triggers."""
+
+    def __init__(self, server: ChatServer, push_port: int, workload: Workload) -> None:
+        self.server = server
+        self.store = server.store
+        self.workload = workload
+        self.rng = random.Random(workload.seed)
+        self.dup_rng = random.Random(workload.seed + 1)
+        self.stats = GmsStats()
+        self.live: list[LiveChat] = []
+        self.device_ids: list[str] = []
+        self._todo: queue.SimpleQueue[tuple[Chat, list[dict[str, Any]]] | None] = queue.SimpleQueue()
+        self._inboxes: list[Any] = []
+        self._results: list[Connection] = []
+        self._counters: list[Any] = []
+        self._sent: Any = _SPAWN.Queue()
+        self._pending_seen = 0
+        self._dispatched = [0] * workload.senders
+        self._lock = threading.Lock()
+        self._stop = threading.Event()
+        self.senders: list[Any] = []
+        for _ in range(workload.senders):
+            inbox = _SPAWN.Queue()
+            receive, send = _SPAWN.Pipe(duplex=False)
+            counters = _SPAWN.Array("q", [-1, 0], lock=False)
+            process = _SPAWN.Process(
+                target=sender_main, args=(push_port, inbox, self._sent, send, counters), daemon=True
+            )
+            process.start()
+            send.close()
+            self._inboxes.append(inbox)
+            self._results.append(receive)
+            self._counters.append(counters)
+            self.senders.append(process)
+        self.store.subscribe(self._on_events)
+        self._pending_thread = threading.Thread(target=self._pending_loop, name="gms-pending", daemon=True)
+        self._pending_thread.start()
+        self._threads = [
+            threading.Thread(target=self._dispatch_loop, name="gms-dispatch", daemon=True),
+            threading.Thread(target=self._resend_loop, name="gms-resend", daemon=True),
+        ]
+        for thread in self._threads:
+            thread.start()
+
+    # Chats ---------------------------------------------------------------------------------------
+
+    def open_chat(self) -> LiveChat:
+        device_id = "dev-" + secrets.token_hex(12)
+        chat = self.store.create_chat(
+            service=SERVICE, nickname="Kim", device_id=device_id, mode="reliable", flex_secure_key=True
+        )
+        self.device_ids.append(device_id)
+        self.stats.chats_opened += 1
+        live = LiveChat(chat.chat_id, self.workload.events_per_chat)
+        self._append(live, [EventSpec("ParticipantJoined", "agent")])  # the agent joining: first push
+        return live
+
+    def _append(self, live: LiveChat, specs: list[EventSpec]) -> int:
+        specs = specs[: max(live.remaining, 1)]
+        self.store.append(live.chat_id, specs)
+        live.remaining -= len(specs)
+        self.stats.events += len(specs)
+        return len(specs)
+
+    def burst(self, live: LiveChat) -> int:
+        """One bit of activity (the simulator's mix, simulator/scenario.py); returns events added."""
+        rng = self.rng
+        roll = rng.random()
+        if roll < 0.1:
+            specs = [EventSpec("Message", "customer", "Thanks!", {"messageType": "text"})]
+        elif roll < 0.6:
+            specs = [EventSpec("Message", "agent", rng.choice(_LINES), {"messageType": "text"})]
+            if rng.random() < 0.6:  # typing right after, then another message within ms
+                specs += [EventSpec("TypingStarted"), EventSpec("TypingStopped")]
+                specs.append(EventSpec("Message", "agent", rng.choice(_LINES), {"messageType": "text"}))
+        elif roll < 0.8:
+            specs = [EventSpec("TypingStarted"), EventSpec("TypingStopped")]
+        elif roll < 0.87:
+            specs = [EventSpec("NicknameUpdated", "agent", rng.choice(("Anna", "Anna B.", "Support")))]
+        elif roll < 0.94:
+            specs = [EventSpec("CustomNotice", "system", "Transferred to billing", {"noticeCode": 7})]
+        else:
+            extra = {"x-future": {"level": 2, "tags": ["a", "b"]}, "userData": {"k": "v"}}
+            specs = [EventSpec("FutureType", "system", "from a later GMS version", extra)]
+        return self._append(live, specs)
+
+    def close_chat(self, live: LiveChat) -> int:
+        """The customer leaves: ParticipantLeft, then Chat Server's notify-position -1 trigger."""
+        self.stats.events += 1
+        return len(self.store.end(live.chat_id, who="customer"))
+
+    def drive(self, until: float) -> None:
+        """Keep `chats` chats busy at `rate` events/s until the monotonic deadline `until`."""
+        workload = self.workload
+        self.live = [self.open_chat() for _ in range(workload.chats)]
+        next_at = time.monotonic()
+        while time.monotonic() < until:
+            chat = self.rng.choice(self.live)
+            if chat.remaining <= 0:
+                self.live.remove(chat)
+                added = self.close_chat(chat)
+                self.live.append(self.open_chat())
+                added += 1
+            else:
+                added = self.burst(chat)
+            next_at += added / workload.rate
+            delay = next_at - time.monotonic()
+            if delay > 0:
+                time.sleep(delay)
+
+    def close_all(self) -> None:
+        for chat in self.live:
+            self.close_chat(chat)
+        self.live = []
+
+    # Triggers ------------------------------------------------------------------------------------
+
+    def _on_events(self, chat: Chat, events: list[dict[str, Any]]) -> None:
+        """Store listener (under the store lock): only enqueue."""
+        self._todo.put((chat, events))
+
+    def _dispatch_loop(self) -> None:
+        while True:
+            entry = self._todo.get()
+            if entry is None:
+                return
+            chat, events = entry
+            for event in events:
+                position = self.store.acked_position(chat.chat_id)
+                self._send(chat, position, event["index"], 0)
+            left = any(
+                e.get("type") == "ParticipantLeft" and (e.get("from") or {}).get("type") == "Client"
+                for e in events
+            )
+            if left:
+                self._send(chat, -1, events[-1]["index"], 0)
+
+    def _send(self, chat: Chat, position: int, index: int, attempt: int) -> None:
+        node = zlib.crc32(chat.chat_id.encode()) % len(self._inboxes)
+        duplicate = attempt == 0 and self.dup_rng.random() < self.workload.duplicate_rate
+        item = Item(
+            chat.device_id,
+            chat.chat_id,
+            chat.user_id,
+            chat.secure_key,
+            chat.cometd_key,
+            position,
+            index,
+            attempt,
+            duplicate,
+            time.time(),
+        )
+        with self._lock:
+            self._dispatched[node] += 1
+            if attempt == 0:
+                self.stats.triggers += 1
+            else:
+                self.stats.resends += 1
+        self._inboxes[node].put(item)
+
+    def _pending_loop(self) -> None:
+        """Triggers the nodes just sent: from now on Chat Server waits for a Refresh to acknowledge them."""
+        while True:
+            entry = self._sent.get()
+            if entry is None:
+                return
+            self.store.add_pending(PendingTrigger(*entry))
+            self._pending_seen += 1
+
+    def _resend_loop(self) -> None:
+        while not self._stop.wait(_RESEND_POLL_S):
+            for pending in self.store.take_due(time.monotonic(), self.workload.resend_delay_s):
+                chat = self.store.get(pending.chat_id, with_events=False)
+                if chat is None or chat.end_seen:
+                    continue
+                if chat.last_refresh_at is not None and chat.last_refresh_at >= pending.sent_at:
+                    continue  # a Refresh arrived after it was sent, before its note reached the store
+                if pending.attempt >= self.workload.resend_attempts:
+                    with self._lock:
+                        self.stats.exhausted += 1
+                    continue
+                self._send(chat, pending.position, pending.index, pending.attempt + 1)
+
+    def idle(self) -> bool:
+        """Every push dispatched has been answered, and every trigger is acknowledged (or exhausted)."""
+        if not self._todo.empty():
+            return False
+        with self._lock:
+            dispatched = list(self._dispatched)
+        if any(c[0] < n for c, n in zip(self._counters, dispatched, strict=True)):
+            return False
+        if sum(c[1] for c in self._counters) > self._pending_seen:
+            return False
+        return self.store.pending_count() == 0
+
+    def wait_ready(self, timeout_s: float = 30.0) -> None:
+        """Until every sender process has started and connected."""
+        if not _wait(lambda: all(c[0] >= 0 for c in self._counters), timeout_s):
+            raise RuntimeError("GMS sender processes did not start")
+
+    @property
+    def expected_events(self) -> int:
+        """Every transcript event so far: what we appended plus each chat's unpushed customer join."""
+        return self.stats.events + self.stats.chats_opened
+
+    def sender_pids(self) -> list[int]:
+        return [p.pid for p in self.senders if p.pid is not None]
+
+    def stop(self) -> list[SendRecord]:
+        """Stop every thread and sender; returns every push record."""
+        self.store.unsubscribe(self._on_events)
+        self._stop.set()
+        self._todo.put(None)
+        for thread in self._threads:
+            thread.join(10)
+        for inbox in self._inboxes:
+            inbox.put(None)
+        records: list[SendRecord] = []
+        for results, process in zip(self._results, self.senders, strict=True):
+            with contextlib.suppress(EOFError, OSError):
+                if results.poll(30):
+                    records.extend(results.recv())
+            process.join(5)
+            if process.is_alive():
+                process.kill()
+                process.join()
+        self._sent.put(None)
+        self._pending_thread.join(10)
+        for channel in [*self._inboxes, self._sent]:
+            channel.close()
+            channel.join_thread()
+        return records
+
+    def kill(self) -> None:
+        for process in self.senders:
+            if process.is_alive():
+                process.kill()
+                process.join()
+
+
+# --- the systems under test --------------------------------------------------------------------------
+
+
+class System:
+    """A system under test: started by `run()` in a `with`, stopped at its end."""
+
+    name = ""
+
+    def __init__(self, redis_url: str, gms_url: str, workers: int, webhook_url: str | None) -> None:
+        self.redis_url = redis_url
+        self.gms_url = gms_url
+        self.workers = workers
+        self.webhook_url = webhook_url
+        self.port = 0
+
+    def start(self) -> None:
+        raise NotImplementedError
+
+    def stop(self) -> None:
+        raise NotImplementedError
+
+    def pids(self) -> dict[str, int]:
+        """Processes worth watching: name -> pid."""
+        raise NotImplementedError
+
+    def finished(self, client: redis.Redis, expected_events: int) -> bool:
+        """No work left inside the system."""
+        raise NotImplementedError
+
+
+class Ours(System):
+    name = "ours"
+
+    def start(self) -> None:
+        env = {"REDIS_URL": self.redis_url, "GMS_URL": self.gms_url}
+        if self.webhook_url:
+            secret = "whsec_" + base64.b64encode(secrets.token_bytes(24)).decode()
+            env |= {"WEBHOOK_URL": self.webhook_url, "WEBHOOK_SECRET": secret}
+        self._context = relay_processes(relay_env(**env), workers=self.workers)
+        self.processes = self._context.__enter__()
+        self.port = self.processes.port
+
+    def stop(self) -> None:
+        self._context.__exit__(None, None, None)
+
+    def pids(self) -> dict[str, int]:
+        found = {f"worker-{i}": w.process.pid for i, w in enumerate(self.processes.workers)}
+        if self.processes.ingress is not None:
+            found["ingress"] = self.processes.ingress.process.pid
+        return found
+
+    def finished(self, client: redis.Redis, expected_events: int) -> bool:
+        pipe = client.pipeline(transaction=False)
+        pipe.hget(COUNTERS, "events_delivered")
+        pipe.zcard("gms-relay:dirty")
+        pipe.zcard("gms-relay:deliveries")
+        delivered, dirty, deliveries = pipe.execute()
+        return int(delivered or 0) >= expected_events and dirty == 0 and deliveries == 0
+
+
+class Naive(System):
+    name = "naive"
+
+    def start(self) -> None:
+        self.stack = Stack()
+        self.port = free_port()
+        env = {**os.environ, "REDIS_URL": self.redis_url, "GMS_URL": self.gms_url}
+        env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(_ROOT), env.get("PYTHONPATH")]))
+        rq = str(Path(sys.executable).with_name("rq"))
+        try:
+            for number in range(self.workers):
+                argv = [
+                    rq,
+                    "worker",
+                    "-w",
+                    "rq.worker.Worker",
+                    "-c",
+                    "benchmarks.naive",
+                    "-u",
+                    self.redis_url,
+                ]
+                argv += ["-q", "-P", str(_ROOT), "-n", f"naive-{number}-{os.getpid()}", NAIVE_QUEUE]
+                self.stack.start(f"naive-worker-{number}", argv, env)
+            argv = [sys.executable, str(_HERE / "naive.py"), "serve", "--port", str(self.port)]
+            self.app = self.stack.start("naive-app", [*argv, "--redis-url", self.redis_url], env)
+            wait_until_ready(f"http://127.0.0.1:{self.port}/livez", alive=self.app.alive)
+        except BaseException:
+            self.stack.stop()
+            raise
+
+    def stop(self) -> None:
+        self.stack.stop()
+
+    def pids(self) -> dict[str, int]:
+        found = {"ingress": self.app.process.pid}
+        workers = [c for c in self.stack.children if c.name.startswith("naive-worker")]
+        found |= {f"worker-{i}": c.process.pid for i, c in enumerate(workers)}
+        return found
+
+    def finished(self, client: redis.Redis, expected_events: int) -> bool:
+        pipe = client.pipeline(transaction=False)
+        pipe.llen(f"rq:queue:{NAIVE_QUEUE}")
+        pipe.zcard(f"rq:wip:{NAIVE_QUEUE}")
+        waiting, running = pipe.execute()
+        return bool(waiting == 0 and running == 0)
+
+
+# --- Redis memory ------------------------------------------------------------------------------------
+
+
+def key_kind(key: bytes) -> str:
+    text = key.decode(errors="replace")
+    if text.startswith("gms-relay:"):
+        kind = text.split(":", 2)[1]
+        return {"events": "streams", "dup": "dedupe markers", "ended": "ended markers"}.get(kind, kind)
+    if text.startswith("rq:job:"):
+        return "rq jobs"
+    if text.startswith("rq:"):
+        return "rq other"
+    return "other"
+
+
+def census(client: redis.Redis, sample: int | None = None) -> dict[str, dict[str, float]]:
+    """Keys and bytes (MEMORY USAGE) by kind; `sample` keys per kind at most, extrapolated by count."""
+    by_kind: dict[str, list[bytes]] = defaultdict(list)
+    for key in client.scan_iter(count=1000):
+        by_kind[key_kind(key)].append(key)
+    result: dict[str, dict[str, float]] = {}
+    rng = random.Random(0)
+    for kind, found in sorted(by_kind.items()):
+        chosen = found if sample is None or len(found) <= sample else rng.sample(found, sample)
+        pipe = client.pipeline(transaction=False)
+        for key in chosen:
+            pipe.memory_usage(key, samples=0)
+        sizes = [int(s or 0) for s in pipe.execute()]
+        total = sum(sizes) * len(found) / max(len(chosen), 1)
+        result[kind] = {"keys": len(found), "bytes": round(total), "bytes_per_key": round(total / len(found))}
+    return result
+
+
+def rq_job_stats(client: redis.Redis) -> dict[str, float]:
+    """Jobs the RQ workers ran (their own counters in `rq:worker:<name>`)."""
+    totals = {"successful": 0.0, "failed": 0.0, "working_time_s": 0.0}
+    for key in client.scan_iter(match="rq:worker:*", count=1000):
+        if client.type(key) != b"hash":
+            continue
+        ok, failed, working = client.hmget(
+            key, "successful_job_count", "failed_job_count", "total_working_time"
+        )
+        totals["successful"] += float(ok or 0)
+        totals["failed"] += float(failed or 0)
+        totals["working_time_s"] += float(working or 0)
+    return totals
+
+
+def used_memory(client: redis.Redis) -> int:
+    info: dict[str, Any] = client.info("memory")
+    return int(info["used_memory"])
+
+
+# --- analysis ----------------------------------------------------------------------------------------
+
+
+def percentiles(values: list[float], undelivered: int = 0) -> dict[str, float | None]:
+    """p50/p95/p99/max in ms; undelivered values count as infinitely late (reported as None)."""
+    ordered = sorted(values) + [math.inf] * undelivered
+    if not ordered:
+        return {"p50": None, "p95": None, "p99": None, "max": None, "n": 0}
+
+    def pick(share: float) -> float | None:
+        value = ordered[min(len(ordered) - 1, math.ceil(share * len(ordered)) - 1)]
+        return None if math.isinf(value) else round(value, 2)
+
+    return {"p50": pick(0.5), "p95": pick(0.95), "p99": pick(0.99), "max": pick(1.0), "n": len(ordered)}
+
+
+def read_streams(client: redis.Redis, device_ids: list[str]) -> tuple[dict[tuple[str, int], float], int]:
+    """First stream time (s) of each (session, index), and how many entries repeated one."""
+    first: dict[tuple[str, int], float] = {}
+    repeats = 0
+    for start in range(0, len(device_ids), 200):
+        pipe = client.pipeline(transaction=False)
+        for device in device_ids[start : start + 200]:
+            pipe.xrange(STREAM_PREFIX + device)
+        for entries in pipe.execute():
+            for entry_id, entry in entries:
+                index = entry.get(b"index")
+                if index is None:
+                    continue
+                key = (entry[b"sessionId"].decode(), int(index))
+                at = int(entry_id.split(b"-")[0]) / 1000
+                if key in first:
+                    repeats += 1
+                    first[key] = min(first[key], at)
+                else:
+                    first[key] = at
+    return first, repeats
+
+
+@dataclass
+class RunResult:
+    system: str
+    workers: int
+    offered_rate: float
+    window_s: float
+    sent_rate: float  # pushes POSTed per second in the window (all kinds, resends and duplicates too)
+    accepted_rate: float  # notifications answered 200 per second in the window
+    delivered_rate: float  # distinct events reaching the stream per second in the window
+    latency_stream_ms: dict[str, float | None]
+    latency_webhook_ms: dict[str, float | None] | None
+    push_reply_ms: dict[str, float | None]
+    sender_lag_ms: dict[str, float | None]  # GMS queueing before a push left (sender-bound if high)
+    events_total: int
+    events_delivered: int
+    events_undelivered: int
+    stream_duplicates: int
+    triggers: int
+    pushes: int
+    rejected: int
+    resends: int
+    exhausted: int
+    refreshes: dict[str, int]
+    refreshes_per_trigger: float
+    outcomes: dict[str, int]
+    redis: dict[str, Any]
+    rss_kb: dict[str, dict[str, int]]
+    cpu_s: dict[str, float]
+    counters: dict[str, float]
+    rq_jobs: dict[str, float]  # jobs the RQ workers ran: drains (ours) or one per push (naive)
+    drained: bool
+    drain_s: float
+    saturated: bool = False
+    sender_limited: bool = False
+    notes: list[str] = field(default_factory=list)
+
+
+class Sampler(threading.Thread):
+    """Peak RSS of the watched processes, every _SAMPLE_S."""
+
+    def __init__(self, pids: dict[str, int]) -> None:
+        super().__init__(name="sampler", daemon=True)
+        self.pids = pids
+        self.peak: dict[str, int] = {}
+        self.stopping = threading.Event()
+
+    def run(self) -> None:
+        while not self.stopping.wait(_SAMPLE_S):
+            self.sample()
+
+    def sample(self) -> dict[str, int]:
+        now: dict[str, int] = {}
+        for name, pid in self.pids.items():
+            value = rss_kb(pid)
+            if value is not None:
+                now[name] = value
+                self.peak[name] = max(self.peak.get(name, 0), value)
+        return now
+
+
+@contextmanager
+def webhook_receiver(enabled: bool) -> Iterator[tuple[str | None, Callable[[], int], Any]]:
+    """Start the receiver process; yields (url, received count, stop() -> first arrivals)."""
+    if not enabled:
+        yield None, lambda: 0, lambda: {}
+        return
+    port = free_port()
+    parent, child = _SPAWN.Pipe()
+    received = _SPAWN.Value("q", 0, lock=False)
+    process = _SPAWN.Process(target=receiver_main, args=(port, child, received), daemon=True)
+    process.start()
+    try:
+        if not parent.poll(30):
+            raise RuntimeError("webhook receiver did not start")
+        parent.recv()
+
+        def stop() -> dict[tuple[str, int], float]:
+            parent.send("stop")
+            first: dict[tuple[str, int], float] = parent.recv() if parent.poll(60) else {}
+            return first
+
+        yield f"http://127.0.0.1:{port}/webhook", lambda: int(received.value), stop
+    finally:
+        process.join(5)
+        if process.is_alive():
+            process.kill()
+            process.join()
+
+
+def run_once(
+    system_name: str,
+    workers: int,
+    workload: Workload,
+    profile_dir: Path | None = None,
+    profile_format: str = "flamegraph",
+) -> RunResult:
+    """One system, one worker count, one workload: a fresh Redis, Chat API and relay for each run."""
+    notes: list[str] = []
+    with tempfile.TemporaryDirectory(prefix="gms-bench-") as tmp:
+        redis_server = RedisServer(Path(tmp) / "redis", appendonly=False)
+        redis_server.start()
+        client = redis.Redis.from_url(redis_server.url)
+        chat_server = ChatServer()
+        chat_server.start()
+        gms: Gms | None = None
+        system: System | None = None
+        profilers: list[subprocess.Popen[bytes]] = []
+        try:
+            with webhook_receiver(workload.webhook and system_name == "ours") as (
+                hook_url,
+                hooked,
+                hook_stop,
+            ):
+                cls = Ours if system_name == "ours" else Naive
+                system = cls(redis_server.url, chat_server.base_url, workers, hook_url)
+                system.start()
+                time.sleep(1.0)  # workers connect and register
+                baseline = used_memory(client)
+                pids = system.pids()
+                assert redis_server.process is not None
+                sampler = Sampler(pids)
+                sampler.start()
+                gms = Gms(chat_server, system.port, workload)
+                watched = {**pids, "redis": redis_server.process.pid}
+                watched |= {f"sender-{i}": pid for i, pid in enumerate(gms.sender_pids())}
+
+                def cpu_now() -> dict[str, float]:
+                    now = {name: sum(cpu_s(p) for p in _tree(pid)) for name, pid in watched.items()}
+                    times = os.times()
+                    now["gms (chat api + driver)"] = times.user + times.system
+                    now["machine busy"], now["machine cpu stall"] = machine_cpu()
+                    return now
+
+                gms.wait_ready()
+                started = time.monotonic()
+                wall_started = time.time()
+                window_start = wall_started + workload.warmup_s
+                stop_at = started + workload.duration_s
+                cpu_start: dict[str, float] = {}
+
+                def mark_window() -> None:
+                    cpu_start.update(cpu_now())
+                    if profile_dir is not None:
+                        profilers.extend(
+                            start_profilers(profile_dir, system_name, workers, pids, workload, profile_format)
+                        )
+
+                timer = threading.Timer(workload.warmup_s, mark_window)
+                timer.start()
+                gms.drive(stop_at)
+                window_end = time.time()
+                timer.cancel()
+                cpu_end = cpu_now()
+                window_memory = used_memory(client)
+                window_census = census(client, sample=300)
+                gms.close_all()
+                expected = gms.expected_events
+
+                def settled() -> bool:
+                    assert gms is not None and system is not None
+                    if not gms.idle() or not system.finished(client, expected):
+                        return False
+                    return not hook_url or hooked() >= expected
+
+                drain_started = time.monotonic()
+                drained = _wait(settled, workload.drain_timeout_s)
+                drain_s = time.monotonic() - drain_started
+                if not drained:
+                    notes.append(f"backlog not drained within {workload.drain_timeout_s:.0f} s")
+                rq_jobs = rq_job_stats(client)
+                rss_end = sampler.sample()
+                sampler.stopping.set()
+                gms_stats = gms.stats
+                records = gms.stop()
+                gms = None
+                hook_first: dict[tuple[str, int], float] = hook_stop()
+                for profiler in profilers:
+                    profiler.wait(60)
+                profilers = []
+                first, repeats = read_streams(client, _devices(chat_server))
+                time.sleep(0.5)
+                after = used_memory(client)
+                after_census = census(client)
+                counters = {_text(k): float(v) for k, v in client.hgetall(COUNTERS).items()}
+                _delete_streams(client)
+                after_without_streams = used_memory(client)
+                stats_chats = len(chat_server.store.chat_ids())
+        finally:
+            for profiler in profilers:
+                profiler.kill()
+            if gms is not None:
+                gms.kill()
+            if system is not None:
+                system.stop()
+            chat_server.stop()
+            client.close()
+            redis_server.stop()
+    refreshes = {str(k): n for k, n in Counter(r.outcome for r in chat_server.log.records()).items()}
+    return analyse(
+        system_name=system_name,
+        workers=workers,
+        workload=workload,
+        window=(window_start, window_end),
+        records=records,
+        stream_first=first,
+        stream_repeats=repeats,
+        hook_first=hook_first if hook_url else None,
+        expected=expected,
+        gms_stats=gms_stats,
+        refreshes=dict(refreshes),
+        redis_info={
+            "baseline_bytes": baseline,
+            "active_chats": workload.chats,
+            "window_end_bytes": window_memory,
+            "per_active_chat_bytes": round((window_memory - baseline) / workload.chats),
+            "census_window_end": window_census,
+            "after_end_bytes": after,
+            "after_end_delta_bytes": after - baseline,
+            "after_end_without_streams_delta_bytes": after_without_streams - baseline,
+            "census_after_end": after_census,
+            "chats_total": stats_chats,
+        },
+        rss={name: {"peak": sampler.peak.get(name, 0), "end": rss_end.get(name, 0)} for name in sorted(pids)},
+        cpu={name: round(cpu_end[name] - cpu_start.get(name, cpu_end[name]), 2) for name in cpu_end},
+        counters=counters,
+        rq_jobs=rq_jobs,
+        drained=drained,
+        drain_s=drain_s,
+        notes=notes,
+    )
+
+
+def _text(value: bytes | str) -> str:
+    return value.decode() if isinstance(value, bytes) else value
+
+
+def _devices(server: ChatServer) -> list[str]:
+    found = []
+    for chat_id in server.store.chat_ids():
+        chat = server.store.get(chat_id, with_events=False)
+        if chat is not None:
+            found.append(chat.device_id)
+    return found
+
+
+def _delete_streams(client: redis.Redis) -> None:
+    batch = []
+    for key in client.scan_iter(match=STREAM_PREFIX + "*", count=1000):
+        batch.append(key)
+        if len(batch) >= 500:
+            client.delete(*batch)
+            batch = []
+    if batch:
+        client.delete(*batch)
+
+
+def _wait(condition: Callable[[], bool], timeout_s: float) -> bool:
+    deadline = time.monotonic() + timeout_s
+    while not condition():
+        if time.monotonic() > deadline:
+            return False
+        time.sleep(0.1)
+    return True
+
+
+def start_profilers(
+    directory: Path, system: str, workers: int, pids: dict[str, int], workload: Workload, profile_format: str
+) -> list[subprocess.Popen[bytes]]:
+    """py-spy record of the ingress and the workers over the measurement window."""
+    py_spy = shutil.which("py-spy") or str(Path(sys.executable).with_name("py-spy"))
+    directory.mkdir(parents=True, exist_ok=True)
+    seconds = max(1, int(workload.duration_s - workload.warmup_s))
+    started = []
+    for name, pid in pids.items():
+        suffix = {"flamegraph": "svg", "raw": "txt", "speedscope": "json"}[profile_format]
+        out = directory / f"{system}-w{workers}-{name}.{suffix}"
+        argv = [py_spy, "record", "--pid", str(pid), "--duration", str(seconds), "--rate", "100"]
+        argv += ["--nonblocking", "--gil", "--subprocesses", "--format", profile_format, "-o", str(out)]
+        started.append(subprocess.Popen(argv, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL))
+    return started
+
+
+def analyse(
+    *,
+    system_name: str,
+    workers: int,
+    workload: Workload,
+    window: tuple[float, float],
+    records: list[SendRecord],
+    stream_first: dict[tuple[str, int], float],
+    stream_repeats: int,
+    hook_first: dict[tuple[str, int], float] | None,
+    expected: int,
+    gms_stats: GmsStats,
+    refreshes: dict[str, int],
+    redis_info: dict[str, Any],
+    rss: dict[str, dict[str, int]],
+    cpu: dict[str, float],
+    counters: dict[str, float],
+    rq_jobs: dict[str, float],
+    drained: bool,
+    drain_s: float,
+    notes: list[str],
+) -> RunResult:
+    start, end = window
+    span = max(end - start, 1e-9)
+    announced: dict[tuple[str, int], float] = {}
+    for sid, index, attempt, position, duplicate, _d, sent_at, _r, _s, _o in records:
+        if attempt == 0 and not duplicate and position != -1:
+            announced.setdefault((sid, index), sent_at)
+    in_window = {k: t for k, t in announced.items() if start <= t <= end}
+    latencies, late = [], 0
+    for key, sent_at in in_window.items():
+        if key in stream_first:
+            latencies.append(max(0.0, (stream_first[key] - sent_at) * 1000))
+        else:
+            late += 1
+    hook_latency = None
+    if hook_first is not None:
+        hooks = [max(0.0, (hook_first[k] - t) * 1000) for k, t in in_window.items() if k in hook_first]
+        hook_latency = percentiles(hooks, len(in_window) - len(hooks))
+    windowed = [r for r in records if start <= r[6] <= end]
+    accepted = sum(1 for r in windowed if r[8] == 200 and start <= r[7] <= end)
+    delivered = sum(1 for t in stream_first.values() if start <= t <= end)
+    triggers = sum(1 for r in records if r[2] == 0 and not r[4])
+    refresh_total = sum(refreshes.values())
+    result = RunResult(
+        system=system_name,
+        workers=workers,
+        offered_rate=workload.rate,
+        window_s=round(span, 2),
+        sent_rate=round(len(windowed) / span, 1),
+        accepted_rate=round(accepted / span, 1),
+        delivered_rate=round(delivered / span, 1),
+        latency_stream_ms=percentiles(latencies, late),
+        latency_webhook_ms=hook_latency,
+        push_reply_ms=percentiles([(r[7] - r[6]) * 1000 for r in windowed]),
+        sender_lag_ms=percentiles([(r[6] - r[5]) * 1000 for r in windowed if not r[4]]),
+        events_total=expected,
+        events_delivered=len(stream_first),
+        events_undelivered=max(0, expected - len(stream_first)),
+        stream_duplicates=stream_repeats,
+        triggers=triggers,
+        pushes=len(records),
+        rejected=sum(1 for r in records if r[8] != 200),
+        resends=sum(1 for r in records if r[2] > 0 and not r[4]),
+        exhausted=gms_stats.exhausted,
+        refreshes=refreshes,
+        refreshes_per_trigger=round(refresh_total / max(triggers, 1), 3),
+        outcomes=dict(Counter(r[9] for r in records)),
+        redis=redis_info,
+        rss_kb=rss,
+        cpu_s=cpu,
+        counters={
+            k: v for k, v in counters.items() if not k.startswith("h:") or k.endswith(("|count", "|sum"))
+        },
+        rq_jobs=rq_jobs,
+        drained=drained,
+        drain_s=round(drain_s, 2),
+        notes=notes,
+    )
+    p99 = result.latency_stream_ms["p99"]
+    result.saturated = result.delivered_rate < SATURATED_SHARE * workload.rate or (
+        p99 is None or p99 > SATURATED_P99_MS
+    )
+    sent_fresh = sum(1 for r in windowed if r[2] == 0 and not r[4]) / span
+    result.sender_limited = sent_fresh < SATURATED_SHARE * workload.rate
+    if result.sender_limited:
+        result.notes.append(
+            f"the GMS senders only sent {sent_fresh:.0f} fresh triggers/s of the {workload.rate:.0f} offered"
+        )
+    return result
+
+
+# --- output ------------------------------------------------------------------------------------------
+
+
+def _ms(value: float | None) -> str:
+    return "timeout" if value is None else f"{value:.1f}" if value < 100 else f"{value:.0f}"
+
+
+def format_table(results: list[RunResult]) -> str:
+    header = (
+        "| system | workers | offered/s | sent/s | accepted/s | events/s | stream p50 / p95 / p99 ms "
+        "| webhook p50 / p99 ms | refresh/trigger | resends | stream dups | undelivered "
+        "| Redis B/chat | after end (no streams) | RSS ingress / workers MiB |"
+    )
+    lines = [header, "|" + "---|" * (header.count("|") - 1)]
+    for r in results:
+        s = r.latency_stream_ms
+        w = r.latency_webhook_ms
+        hook = f"{_ms(w['p50'])} / {_ms(w['p99'])}" if w else "-"
+        workers_rss = sum(v["peak"] for k, v in r.rss_kb.items() if k.startswith("worker"))
+        ingress_rss = r.rss_kb.get("ingress", {}).get("peak", 0)
+        after = r.redis["after_end_without_streams_delta_bytes"]
+        lines.append(
+            f"| {r.system} | {r.workers} | {r.offered_rate:.0f} | {r.sent_rate:.0f} | {r.accepted_rate:.0f} "
+            f"| {r.delivered_rate:.0f} | {_ms(s['p50'])} / {_ms(s['p95'])} / {_ms(s['p99'])} | {hook} "
+            f"| {r.refreshes_per_trigger:.2f} | {r.resends} | {r.stream_duplicates} | {r.events_undelivered} "
+            f"| {r.redis['per_active_chat_bytes']} | {after / 1024:+.0f} KiB "
+            f"| {ingress_rss / 1024:.0f} / {workers_rss / 1024:.0f} |"
+        )
+    return "\n".join(lines)
+
+
+def machine() -> dict[str, Any]:
+    return {
+        "cpus": os.cpu_count(),
+        "python": platform.python_version(),
+        "platform": platform.platform(),
+        "cpu_model": _cpu_model(),
+    }
+
+
+def _cpu_model() -> str:
+    with contextlib.suppress(OSError):
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.partition(":")[2].strip()
+    return platform.processor()
+
+
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    defaults = Workload()
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--systems", default="ours,naive", help="comma-separated: ours, naive")
+    parser.add_argument("--workers", default="1,2", help="worker process counts, comma-separated")
+    parser.add_argument("--rate", type=float, default=defaults.rate, help="offered triggers/s")
+    parser.add_argument("--duration", type=float, default=defaults.duration_s, help="sending seconds")
+    parser.add_argument("--warmup", type=float, default=defaults.warmup_s)
+    parser.add_argument("--chats", type=int, default=defaults.chats, help="concurrent chats")
+    parser.add_argument("--events-per-chat", type=int, default=defaults.events_per_chat)
+    parser.add_argument("--senders", type=int, default=defaults.senders, help="GMS nodes")
+    parser.add_argument("--mode", choices=["reliable"], default="reliable")
+    parser.add_argument("--resend-delay", type=float, default=defaults.resend_delay_s)
+    parser.add_argument("--resend-attempts", type=int, default=defaults.resend_attempts)
+    parser.add_argument("--duplicate-rate", type=float, default=defaults.duplicate_rate)
+    parser.add_argument("--drain-timeout", type=float, default=defaults.drain_timeout_s)
+    parser.add_argument("--webhook", action="store_true", help="ours: also measure webhook latency")
+    parser.add_argument("--seed", type=int, default=defaults.seed)
+    parser.add_argument("--json", type=Path, help="write the results here")
+    parser.add_argument("--profile", type=Path, help="py-spy profiles of ingress and workers go here")
+    parser.add_argument("--profile-format", choices=["flamegraph", "raw", "speedscope"], default="flamegraph")
+    args = parser.parse_args(argv)
+    systems = [s.strip() for s in args.systems.split(",") if s.strip()]
+    if not systems or any(s not in SYSTEMS for s in systems):
+        parser.error(f"--systems: choose from {', '.join(SYSTEMS)}")
+    if args.rate <= 0 or args.duration <= args.warmup:
+        parser.error("--rate must be > 0 and --duration longer than --warmup")
+    args.systems = systems
+    args.workers = [int(w) for w in args.workers.split(",")]
+    return args
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    workload = Workload(
+        rate=args.rate,
+        duration_s=args.duration,
+        warmup_s=args.warmup,
+        chats=args.chats,
+        events_per_chat=args.events_per_chat,
+        senders=args.senders,
+        resend_delay_s=args.resend_delay,
+        resend_attempts=args.resend_attempts,
+        duplicate_rate=args.duplicate_rate,
+        drain_timeout_s=args.drain_timeout,
+        webhook=args.webhook,
+        seed=args.seed,
+    )
+
+    def on_signal(signum: int, frame: FrameType | None) -> None:
+        raise KeyboardInterrupt
+
+    signal.signal(signal.SIGTERM, on_signal)
+    # This process is the simulated GMS (Chat API server, driver, dispatcher): hand the GIL over
+    # quickly so a Refresh is not held up behind the driver's threads.
+    sys.setswitchinterval(0.001)
+    results: list[RunResult] = []
+    for workers in args.workers:
+        for system in args.systems:
+            print(f"-- {system}, {workers} worker(s), {workload.rate:.0f} triggers/s ...", file=sys.stderr)
+            result = run_once(system, workers, workload, args.profile, args.profile_format)
+            for note in result.notes:
+                print(f"   note: {note}", file=sys.stderr)
+            results.append(result)
+    print(format_table(results))
+    if args.json:
+        document = {"machine": machine(), "workload": asdict(workload), "runs": [asdict(r) for r in results]}
+        args.json.parent.mkdir(parents=True, exist_ok=True)
+        args.json.write_text(json.dumps(document, indent=2, default=str))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
