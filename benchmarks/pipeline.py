@@ -188,7 +188,8 @@ class Item(NamedTuple):
     event_index: int  # the transcript index this trigger announces
     attempt: int
     duplicate: bool  # send it twice
-    dispatched_at: float  # time.time() when the GMS handed it to the node
+    dispatched_at: float  # time.time() when Chat Server generated it (handed it to the node)
+    generated_mono: float  # the same moment on the monotonic clock (system-wide on Linux)
 
 
 # (session, index, attempt, position, duplicate, dispatched_at, sent_at, replied_at, status, outcome)
@@ -284,48 +285,61 @@ def trigger_body(item: Item) -> bytes:
 def sender_main(port: int, inbox: Any, sent: Any, results: Connection, counters: Any) -> None:
     """A GMS node: POST each queued push, wait for the reply, record it; None ends the loop.
 
-    Just before a trigger's POST leaves, (session, position, index, attempt, monotonic time) goes to
-    `sent`: Chat Server's resend timer starts then. `counters` (shared): [0] pushes handled (-1 until
-    connected), [1] triggers announced on `sent`."""
+    Items come in batches (the triggers of one burst of one chat). For each trigger sent,
+    (session, position, index, attempt, POST time, generation time) goes back on `sent` (monotonic
+    clock) once its batch is done. `counters` (shared): [0] pushes handled (-1 until connected),
+    [1] triggers reported on `sent`."""
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # the parent stops us
     connection = HttpConnection("127.0.0.1", port)
     connection.connect()
     counters[0] = 0
     records: list[SendRecord] = []
     while True:
-        item: Item | None = inbox.get()
-        if item is None:
+        batch: list[Item] | None = inbox.get()
+        if batch is None:
             break
-        body = trigger_body(item)
-        if item.position != -1:  # the customer is gone after -1: nobody to resend to
-            sent.put((item.session_id, item.position, item.event_index, item.attempt, time.monotonic()))
-            counters[1] += 1
-        for copy in range(2 if item.duplicate else 1):
-            sent_at = time.time()
-            try:
-                status, reply = connection.post("/push", body)
-                outcome = reply[11:-2].decode(errors="replace") if status == 200 else reply[:60].decode()
-            except OSError as exc:
-                status, outcome = 0, type(exc).__name__
-            replied_at = time.time()
-            records.append(
-                (
-                    item.session_id,
-                    item.event_index,
-                    item.attempt,
-                    item.position,
-                    copy == 1,
-                    item.dispatched_at,
-                    sent_at,
-                    replied_at,
-                    status,
-                    outcome,
-                )
-            )
-        counters[0] += 1
+        notes = []
+        for item in batch:
+            notes.extend(_post_item(connection, item, records))
+        if notes:
+            sent.put(notes)
+            counters[1] += len(notes)
+        counters[0] += len(batch)
     connection.close()
     results.send(records)
     results.close()
+
+
+def _post_item(
+    connection: HttpConnection, item: Item, records: list[SendRecord]
+) -> list[tuple[str, int, int, int, float, float]]:
+    body = trigger_body(item)
+    posted = time.monotonic()
+    for copy in range(2 if item.duplicate else 1):
+        sent_at = time.time()
+        try:
+            status, reply = connection.post("/push", body)
+            outcome = reply[11:-2].decode(errors="replace") if status == 200 else reply[:60].decode()
+        except OSError as exc:
+            status, outcome = 0, type(exc).__name__
+        replied_at = time.time()
+        records.append(
+            (
+                item.session_id,
+                item.event_index,
+                item.attempt,
+                item.position,
+                copy == 1,
+                item.dispatched_at,
+                sent_at,
+                replied_at,
+                status,
+                outcome,
+            )
+        )
+    if item.position == -1:  # the customer is gone after -1: nobody to resend to
+        return []
+    return [(item.session_id, item.position, item.event_index, item.attempt, posted, item.generated_mono)]
 
 
 # --- the webhook receiver (ours, --webhook): its own process -----------------------------------------
@@ -360,6 +374,14 @@ def _scan_deliveries(accepted: list[Any], seen: int, first: dict[tuple[str, int]
 
 
 # --- the simulated GMS + Chat Server -----------------------------------------------------------------
+
+
+@dataclass
+class _Pending(PendingTrigger):
+    """A sent trigger. `sent_at` (when its POST left) starts the resend timer; a Refresh arriving
+    after `generated_at` (when Chat Server generated it) acknowledges it."""
+
+    generated_at: float = 0.0
 
 
 @dataclass
@@ -506,20 +528,21 @@ class Gms:
             if entry is None:
                 return
             chat, events = entry
-            for event in events:
-                position = self.store.acked_position(chat.chat_id)
-                self._send(chat, position, event["index"], 0)
+            # Chat Server generates one trigger per event, notify-position = what the client has not
+            # acknowledged with a Refresh yet.
+            position = self.store.acked_position(chat.chat_id)
+            batch = [self._item(chat, position, event["index"], 0) for event in events]
             left = any(
                 e.get("type") == "ParticipantLeft" and (e.get("from") or {}).get("type") == "Client"
                 for e in events
             )
             if left:
-                self._send(chat, -1, events[-1]["index"], 0)
+                batch.append(self._item(chat, -1, events[-1]["index"], 0))
+            self._send(chat.chat_id, batch)
 
-    def _send(self, chat: Chat, position: int, index: int, attempt: int) -> None:
-        node = zlib.crc32(chat.chat_id.encode()) % len(self._inboxes)
+    def _item(self, chat: Chat, position: int, index: int, attempt: int) -> Item:
         duplicate = attempt == 0 and self.dup_rng.random() < self.workload.duplicate_rate
-        item = Item(
+        return Item(
             chat.device_id,
             chat.chat_id,
             chat.user_id,
@@ -530,23 +553,30 @@ class Gms:
             attempt,
             duplicate,
             time.time(),
+            time.monotonic(),
         )
+
+    def _send(self, chat_id: str, batch: list[Item]) -> None:
+        """Hand a chat's triggers to its GMS node (a chat is pinned to one node)."""
+        node = zlib.crc32(chat_id.encode()) % len(self._inboxes)
         with self._lock:
-            self._dispatched[node] += 1
-            if attempt == 0:
-                self.stats.triggers += 1
-            else:
-                self.stats.resends += 1
-        self._inboxes[node].put(item)
+            self._dispatched[node] += len(batch)
+            for item in batch:
+                if item.attempt == 0:
+                    self.stats.triggers += 1
+                else:
+                    self.stats.resends += 1
+        self._inboxes[node].put(batch)
 
     def _pending_loop(self) -> None:
-        """Triggers the nodes just sent: from now on Chat Server waits for a Refresh to acknowledge them."""
+        """Triggers the nodes have sent: Chat Server now waits for a Refresh to acknowledge them."""
         while True:
-            entry = self._sent.get()
-            if entry is None:
+            notes = self._sent.get()
+            if notes is None:
                 return
-            self.store.add_pending(PendingTrigger(*entry))
-            self._pending_seen += 1
+            for sid, position, index, attempt, posted, generated in notes:
+                self.store.add_pending(_Pending(sid, position, index, attempt, posted, generated))
+            self._pending_seen += len(notes)
 
     def _resend_loop(self) -> None:
         while not self._stop.wait(_RESEND_POLL_S):
@@ -554,13 +584,17 @@ class Gms:
                 chat = self.store.get(pending.chat_id, with_events=False)
                 if chat is None or chat.end_seen:
                     continue
-                if chat.last_refresh_at is not None and chat.last_refresh_at >= pending.sent_at:
-                    continue  # a Refresh arrived after it was sent, before its note reached the store
+                generated = pending.generated_at if isinstance(pending, _Pending) else pending.sent_at
+                if chat.last_refresh_at is not None and chat.last_refresh_at >= generated:
+                    # Chat Server counts any Refresh after it generated the trigger as the
+                    # acknowledgement, also one that arrived while the trigger still sat in GMS.
+                    continue
                 if pending.attempt >= self.workload.resend_attempts:
                     with self._lock:
                         self.stats.exhausted += 1
                     continue
-                self._send(chat, pending.position, pending.index, pending.attempt + 1)
+                item = self._item(chat, pending.position, pending.index, pending.attempt + 1)
+                self._send(chat.chat_id, [item])
 
     def idle(self) -> bool:
         """Every push dispatched has been answered, and every trigger is acknowledged (or exhausted)."""
@@ -827,7 +861,8 @@ class RunResult:
     sent_rate: float  # pushes POSTed per second in the window (all kinds, resends and duplicates too)
     accepted_rate: float  # notifications answered 200 per second in the window
     delivered_rate: float  # distinct events reaching the stream per second in the window
-    latency_stream_ms: dict[str, float | None]
+    latency_stream_ms: dict[str, float | None]  # trigger POST sent -> event in the stream
+    latency_event_ms: dict[str, float | None]  # trigger generated (event appended) -> event in the stream
     latency_webhook_ms: dict[str, float | None] | None
     push_reply_ms: dict[str, float | None]
     sender_lag_ms: dict[str, float | None]  # GMS queueing before a push left (sender-bound if high)
@@ -1125,14 +1160,19 @@ def analyse(
     start, end = window
     span = max(end - start, 1e-9)
     announced: dict[tuple[str, int], float] = {}
-    for sid, index, attempt, position, duplicate, _d, sent_at, _r, _s, _o in records:
+    generated: dict[tuple[str, int], float] = {}
+    for sid, index, attempt, position, duplicate, dispatched, sent_at, _r, _s, _o in records:
         if attempt == 0 and not duplicate and position != -1:
             announced.setdefault((sid, index), sent_at)
+            generated.setdefault((sid, index), dispatched)
     in_window = {k: t for k, t in announced.items() if start <= t <= end}
-    latencies, late = [], 0
+    latencies, from_event, late = [], [], 0
     for key, sent_at in in_window.items():
         if key in stream_first:
+            # An event can reach the stream before its own trigger left GMS (a Refresh for an earlier
+            # trigger returned it): that counts as 0.
             latencies.append(max(0.0, (stream_first[key] - sent_at) * 1000))
+            from_event.append(max(0.0, (stream_first[key] - generated[key]) * 1000))
         else:
             late += 1
     hook_latency = None
@@ -1153,6 +1193,7 @@ def analyse(
         accepted_rate=round(accepted / span, 1),
         delivered_rate=round(delivered / span, 1),
         latency_stream_ms=percentiles(latencies, late),
+        latency_event_ms=percentiles(from_event, late),
         latency_webhook_ms=hook_latency,
         push_reply_ms=percentiles([(r[7] - r[6]) * 1000 for r in windowed]),
         sender_lag_ms=percentiles([(r[6] - r[5]) * 1000 for r in windowed if not r[4]]),

@@ -23,8 +23,13 @@ class IngressMetrics:
             registry=self.registry,
         )
 
+        self._children: dict[tuple[str, str], Counter] = {}
+
     def push(self, kind: str, outcome: str, seconds: float) -> None:
-        self.pushes.labels(kind, outcome).inc()
+        child = self._children.get((kind, outcome))
+        if child is None:
+            child = self._children[(kind, outcome)] = self.pushes.labels(kind, outcome)
+        child.inc()
         self.latency.observe(seconds)
 
     def render(self) -> bytes:

@@ -2,14 +2,14 @@
 
 from __future__ import annotations
 
-import asyncio
 import itertools
 import os
 import time
+from hashlib import sha1
 
 import msgspec
 import redis.asyncio as aioredis
-from redis.exceptions import RedisError
+from redis.exceptions import NoScriptError, RedisError
 
 from shared.errors import RedisUnavailable
 from shared.models import Notification, Payload, SessionRegistration, Trigger
@@ -29,12 +29,13 @@ class IngressStore:
         self.client = client or aioredis.Redis.from_url(
             settings.redis_url,
             socket_timeout=REDIS_DEADLINE_S,
-            socket_connect_timeout=REDIS_DEADLINE_S / 2,
+            socket_connect_timeout=REDIS_DEADLINE_S / 4,
             retry_on_timeout=False,
             retry=None,
             max_connections=256,
         )
-        self.scripts = ScriptSources.build().register(self.client)
+        self.sources = ScriptSources.build().sources
+        self.shas = {name: sha1(source.encode()).hexdigest() for name, source in self.sources.items()}
         # Job ids unique across ingress processes without asking Redis: pid + random + counter.
         self._job_prefix = f"drain-{os.getpid():x}{os.urandom(3).hex()}-"
         self._job_counter = itertools.count()
@@ -48,9 +49,13 @@ class IngressStore:
         return f"{self._job_prefix}{next(self._job_counter)}"
 
     async def _call(self, script: str, args: list[str | bytes]) -> str:
+        # The client's socket timeouts bound every step (connect, write, read) within the deadline.
         try:
-            async with asyncio.timeout(REDIS_DEADLINE_S):
-                result = await self.scripts[script](args=args)
+            try:
+                result = await self.client.evalsha(self.shas[script], 0, *args)
+            except NoScriptError:  # Redis restarted or its scripts were flushed
+                await self.client.script_load(self.sources[script])
+                result = await self.client.evalsha(self.shas[script], 0, *args)
         except (RedisError, OSError, TimeoutError):
             raise RedisUnavailable("Redis is unreachable; the notification was not stored") from None
         return result.decode() if isinstance(result, bytes) else str(result)
@@ -98,8 +103,7 @@ class IngressStore:
 
     async def ping(self) -> bool:
         try:
-            async with asyncio.timeout(REDIS_DEADLINE_S):
-                return bool(await self.client.ping())
+            return bool(await self.client.ping())
         except (RedisError, OSError, TimeoutError):
             return False
 

@@ -102,7 +102,11 @@ def render(fields: dict[bytes, bytes], depths: dict[str, int]) -> str:
             suffix = f"{{{labels}}}" if labels else ""
             lines.append(f"{metric}_sum{suffix} {parts.get('sum', 0.0):g}")
             lines.append(f"{metric}_count{suffix} {parts.get('count', 0.0):g}")
-    for name, depth in sorted(depths.items()):
-        lines.append(f"# TYPE gms_relay_{name} gauge")
-        lines.append(f"gms_relay_{name} {depth}")
+    typed: set[str] = set()
+    for series, depth in sorted(depths.items()):
+        gauge = series.partition("{")[0]
+        if gauge not in typed:
+            typed.add(gauge)
+            lines.append(f"# TYPE gms_relay_{gauge} gauge")
+        lines.append(f"gms_relay_{series} {depth}")
     return "\n".join(lines) + "\n"

@@ -18,18 +18,19 @@ from rq.serializers import JSONSerializer
 
 from shared import keys
 
-SCRIPT_NAMES = (
-    "ingest",
-    "register",
-    "forget",
-    "claim",
-    "commit",
-    "release",
-    "kick",
-    "take_deliveries",
-    "delivery_done",
-    "delivery_failed",
-)
+# Each script and the helper files it needs (Redis runs the whole text on every call).
+SCRIPT_PARTS = {
+    "ingest": ("core",),
+    "register": ("core",),
+    "forget": ("core",),
+    "kick": ("core",),
+    "release": ("core",),
+    "claim": ("core", "fanout"),
+    "commit": ("core", "fanout"),
+    "take_deliveries": ("core", "fanout"),
+    "delivery_done": ("core", "fanout"),
+    "delivery_failed": ("core", "fanout"),
+}
 # Members of RQ's job hash that each enqueue writes itself.
 _PER_JOB_FIELDS = {"created_at", "enqueued_at", "data", "status", "origin"}
 DRAIN_TIMEOUT_S = 60
@@ -67,7 +68,7 @@ def _prelude() -> str:
     return "\n".join(
         [
             f"local DRAIN_QUEUE_NAME = {_lua_string(keys.DRAIN_QUEUE)}",
-            f"local DRAIN_TEMPLATE = {_lua_table(_template(drain))}",
+            f"local function drain_template() return {_lua_table(_template(drain))} end",
             f"local DRAIN_DATA = {_lua_string(drain_data)}",
         ]
     )
@@ -85,8 +86,13 @@ class ScriptSources:
 
     @classmethod
     def build(cls) -> ScriptSources:
-        head = _prelude() + "\n" + _read("common")
-        return cls({name: head + "\n" + _read(name) for name in SCRIPT_NAMES})
+        prelude = _prelude()
+        return cls(
+            {
+                name: "\n".join([prelude, *(_read(part) for part in parts), _read(name)])
+                for name, parts in SCRIPT_PARTS.items()
+            }
+        )
 
     def register(self, client: Any) -> dict[str, Any]:
         """Script objects for a sync or asyncio redis client (they reload themselves on NOSCRIPT)."""

@@ -70,7 +70,6 @@ def test_metrics_counts_pushes(client: TestClient) -> None:
     text = client.get("/metrics").text
     assert 'gms_relay_pushes_total{kind="trigger",outcome="queued"} 1.0' in text
     assert 'gms_relay_pushes_total{kind="unknown",outcome="invalid_json"} 1.0' in text
-    assert "gms_relay_push_trigger_total 1" in text
     assert 'gms_relay_queue_depth{queue="gms_relay"} 1' in text
 
 

@@ -1,0 +1,58 @@
+-- Helpers every script shares. shared/scripts.py prepends this file and the drain job's template
+-- (built from RQ's own Job.to_dict) to each script. Redis runs the whole text on every call, so
+-- keep it small: each definition here costs every push.
+local P = 'gms-relay:'
+local DIRTY = P .. 'dirty'
+local DRAIN_QUEUED = P .. 'drain-queued'
+local WAKEUPS = P .. 'wakeups'
+local COUNTERS = P .. 'counters'
+
+local function count(name, by)
+  redis.call('HINCRBY', COUNTERS, name, by or 1)
+end
+
+-- RQ's timestamp format ('%Y-%m-%dT%H:%M:%S.%fZ') from unix milliseconds (civil_from_days).
+local function iso(ms)
+  local secs = math.floor(ms / 1000)
+  local days = math.floor(secs / 86400)
+  local rem = secs - days * 86400
+  local z = days + 719468
+  local era = math.floor(z / 146097)
+  local doe = z - era * 146097
+  local yoe = math.floor((doe - math.floor(doe / 1460) + math.floor(doe / 36524) - math.floor(doe / 146096)) / 365)
+  local doy = doe - (365 * yoe + math.floor(yoe / 4) - math.floor(yoe / 100))
+  local mp = math.floor((5 * doy + 2) / 153)
+  local d = doy - math.floor((153 * mp + 2) / 5) + 1
+  local m = mp < 10 and mp + 3 or mp - 9
+  local y = yoe + era * 400
+  if m <= 2 then y = y + 1 end
+  return string.format('%04d-%02d-%02dT%02d:%02d:%02d.%06dZ', y, m, d,
+    math.floor(rem / 3600), math.floor((rem % 3600) / 60), rem % 60, (ms % 1000) * 1000)
+end
+
+-- Write a job exactly as RQ's Queue.enqueue would: job hash, queue list, queue set.
+local function write_job(template, job_id, queue, data, ms, extra)
+  local key = 'rq:job:' .. job_id
+  local ts = iso(ms)
+  redis.call('HSET', key, 'created_at', ts, 'enqueued_at', ts, 'data', data, 'origin', queue,
+    'status', 'queued', unpack(template))
+  if extra then redis.call('HSET', key, unpack(extra)) end
+  redis.call('RPUSH', 'rq:queue:' .. queue, job_id)
+  redis.call('SADD', 'rq:queues', 'rq:queue:' .. queue)
+end
+
+-- Enqueue one drain job unless one is already waiting in the queue.
+local function ensure_drain(job_id, ms, marker_ttl_ms)
+  if redis.call('SET', DRAIN_QUEUED, job_id, 'NX', 'PX', marker_ttl_ms) then
+    write_job(drain_template(), job_id, DRAIN_QUEUE_NAME, DRAIN_DATA, ms, nil)
+    return 1
+  end
+  return 0
+end
+
+-- Mark a chat as needing work. NX keeps what is recorded: the arrival of an older unserved push, a
+-- retry backoff, or a worker's claim (whose commit sees the bumped `gen` and re-marks the chat).
+local function mark_dirty(sid, ms)
+  redis.call('ZADD', DIRTY, 'NX', ms, sid)
+end
+
