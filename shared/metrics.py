@@ -103,10 +103,10 @@ def render(fields: dict[bytes, bytes], depths: dict[str, int]) -> str:
             lines.append(f"{metric}_sum{suffix} {parts.get('sum', 0.0):g}")
             lines.append(f"{metric}_count{suffix} {parts.get('count', 0.0):g}")
     typed: set[str] = set()
-    for series, depth in sorted(depths.items()):
-        gauge = series.partition("{")[0]
+    for gauge_series, depth in sorted(depths.items()):
+        gauge = gauge_series.partition("{")[0]
         if gauge not in typed:
             typed.add(gauge)
             lines.append(f"# TYPE gms_relay_{gauge} gauge")
-        lines.append(f"gms_relay_{series} {depth}")
+        lines.append(f"gms_relay_{gauge_series} {depth}")
     return "\n".join(lines) + "\n"
