@@ -124,13 +124,20 @@ class _Driver:
             "alias": live.alias,
             "service": self.config.service,
         }
-        try:
-            response = self.client.put(
-                url, json=body, headers={"Authorization": f"Bearer {self.config.api_token}"}
-            )
-        except httpx.HTTPError:
-            return 0
-        return response.status_code
+        # Like a chat app, retry while the relay is unreachable or answers 5xx (bounded).
+        status, delay, deadline = 0, 0.05, time.monotonic() + self.config.settle_timeout_s
+        while True:
+            try:
+                response = self.client.put(
+                    url, json=body, headers={"Authorization": f"Bearer {self.config.api_token}"}
+                )
+                status = response.status_code
+            except httpx.HTTPError:
+                status = 0
+            if (status != 0 and status < 500) or time.monotonic() > deadline:
+                return status
+            time.sleep(delay)
+            delay = min(delay * 2, 1.0)
 
     def _spec(self, spec: EventSpec) -> EventSpec:
         if self.rng.random() < self.config.unknown_member_rate:

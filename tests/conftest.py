@@ -10,6 +10,7 @@ import redis
 
 from shared.redis_server import RedisServer
 from shared.settings import Settings, load_settings
+from simulator.server import ChatServer
 
 SettingsFactory = Callable[..., Settings]
 
@@ -43,3 +44,10 @@ def make_settings(redis_server: RedisServer) -> SettingsFactory:
 @pytest.fixture
 def data_dir(tmp_path: Path) -> Path:
     return tmp_path
+
+
+@pytest.fixture
+def chat_server() -> Iterator[ChatServer]:
+    """The simulator's Chat API v2 on a free loopback port (the relay's GMS_URL)."""
+    with ChatServer() as server:
+        yield server

@@ -1,11 +1,19 @@
-"""`gms-relay worker`: one non-forking RQ worker on all of the relay's queues, with the scheduler
-(which moves webhook retries back into the queue when their backoff ends)."""
+"""`gms-relay worker`: one non-forking RQ worker on all of the relay's queues, with the scheduler.
+
+RQ's work loop gives up on some Redis errors ("found an unhandled exception, quitting"); a Redis
+restart must not take the workers down with it, so the loop is restarted once Redis answers again.
+Only SIGTERM/SIGINT (RQ's warm shutdown: the current job finishes first) or `--burst` end the process.
+"""
 
 from __future__ import annotations
 
 import logging
+import signal
+import threading
+import time
 
 import redis
+from redis.exceptions import RedisError
 from rq import Queue, SimpleWorker
 from rq.serializers import JSONSerializer
 from rq.worker import DequeueStrategy
@@ -17,6 +25,8 @@ from workers.context import WorkerContext, set_context
 
 log = logging.getLogger("gms_relay.worker")
 
+MAX_REDIS_WAIT_S = 5.0
+
 
 def run_worker(settings: Settings, burst: bool = False, name: str | None = None) -> int:
     configure_logging(settings.log_level)
@@ -25,15 +35,44 @@ def run_worker(settings: Settings, burst: bool = False, name: str | None = None)
     set_context(context)
     connection = redis.Redis.from_url(settings.redis_url)
     queues = [Queue(q, connection=connection, serializer=JSONSerializer) for q in keys.QUEUES]
-    # SimpleWorker: no fork per job (RQ's forking Worker costs ~10 ms per job here).
-    worker = SimpleWorker(queues, connection=connection, serializer=JSONSerializer, name=name)
-    worked = worker.work(
-        burst=burst,
-        with_scheduler=True,
-        # RQ logs every job at INFO; keep that for DEBUG.
-        logging_level=settings.log_level if settings.log_level != "INFO" else "WARNING",
-        dequeue_strategy=DequeueStrategy.ROUND_ROBIN,
-    )
-    context.close()  # lets in-flight webhook deliveries finish
-    log.info("worker stopped", extra={"worked": worked})
-    return 0
+    try:
+        while True:
+            # SimpleWorker: no fork per job (RQ's forking Worker costs ~10 ms per job here).
+            worker = SimpleWorker(queues, connection=connection, serializer=JSONSerializer, name=name)
+            try:
+                worker.work(
+                    burst=burst,
+                    with_scheduler=True,
+                    # RQ logs every job at INFO; keep that for DEBUG.
+                    logging_level=settings.log_level if settings.log_level != "INFO" else "WARNING",
+                    dequeue_strategy=DequeueStrategy.ROUND_ROBIN,
+                )
+            except (RedisError, OSError) as exc:  # RQ's teardown needs Redis too
+                log.warning("worker loop failed", extra={"error": type(exc).__name__})
+            if burst or getattr(worker, "_stop_requested", False):
+                return 0
+            log.warning("RQ's work loop ended on an error; restarting it once Redis answers")
+            if not _wait_for_redis(connection):
+                return 0
+    finally:
+        context.close()  # lets in-flight webhook deliveries finish
+        log.info("worker stopped")
+
+
+def _wait_for_redis(connection: redis.Redis) -> bool:
+    """Wait until Redis answers; False if asked to stop meanwhile."""
+    stop = threading.Event()
+    previous = {sig: signal.signal(sig, lambda *_: stop.set()) for sig in (signal.SIGTERM, signal.SIGINT)}
+    try:
+        delay = 0.1
+        while not stop.is_set():
+            try:
+                connection.ping()
+                return True
+            except (RedisError, OSError):
+                stop.wait(delay)
+                delay = min(delay * 2, MAX_REDIS_WAIT_S)
+        return False
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
