@@ -93,6 +93,7 @@ TARGET_THROUGHPUT_X = 3.0
 SATURATED_SHARE = 0.9
 SATURATED_P99_MS = 1000.0
 _RESEND_POLL_S = 0.05
+CLOSE_WITHIN_S = 10.0  # chats still open at the end are closed within this
 _SAMPLE_S = 0.5
 _CLK_TCK = os.sysconf("SC_CLK_TCK")
 _LINES = (
@@ -117,6 +118,7 @@ class Workload:
     duplicate_rate: float = 0.02  # triggers also sent twice, unchanged
     drain_timeout_s: float = 30.0  # after sending stops, how long to wait for the backlog
     webhook: bool = False  # ours only: also measure trigger -> webhook received
+    marker_ttl_s: int = 0  # ours only: DEDUPE_TTL_S = ENDED_TTL_S = this, and measure after they expire
     seed: int = 1
 
 
@@ -376,6 +378,15 @@ def _scan_deliveries(accepted: list[Any], seen: int, first: dict[tuple[str, int]
 # --- the simulated GMS + Chat Server -----------------------------------------------------------------
 
 
+def _pace(next_at: float, step_s: float) -> float:
+    """Sleep until `next_at + step_s` (an absolute schedule: oversleeping is caught up)."""
+    next_at += step_s
+    delay = next_at - time.monotonic()
+    if delay > 0:
+        time.sleep(delay)
+    return next_at
+
+
 @dataclass
 class _Pending(PendingTrigger):
     """A sent trigger. `sent_at` (when its POST left) starts the resend timer; a Refresh arriving
@@ -388,6 +399,7 @@ class _Pending(PendingTrigger):
 class LiveChat:
     chat_id: str
     remaining: int
+    joined: bool = False  # the agent has joined (the chat's first push)
 
 
 @dataclass
@@ -454,9 +466,12 @@ class Gms:
         )
         self.device_ids.append(device_id)
         self.stats.chats_opened += 1
-        live = LiveChat(chat.chat_id, self.workload.events_per_chat)
-        self._append(live, [EventSpec("ParticipantJoined", "agent")])  # the agent joining: first push
-        return live
+        return LiveChat(chat.chat_id, self.workload.events_per_chat)
+
+    def join(self, live: LiveChat) -> int:
+        """The agent joins: the chat's first push (the customer's own join is not pushed)."""
+        live.joined = True
+        return self._append(live, [EventSpec("ParticipantJoined", "agent")])
 
     def _append(self, live: LiveChat, specs: list[EventSpec]) -> int:
         specs = specs[: max(live.remaining, 1)]
@@ -493,27 +508,31 @@ class Gms:
         return len(self.store.end(live.chat_id, who="customer"))
 
     def drive(self, until: float) -> None:
-        """Keep `chats` chats busy at `rate` events/s until the monotonic deadline `until`."""
+        """Keep `chats` chats busy at `rate` events/s until the monotonic deadline `until`.
+
+        Every push is paced, the agents' joins too, so the offered load is `rate` from the first second
+        (no burst of `chats` joins at the start)."""
         workload = self.workload
-        self.live = [self.open_chat() for _ in range(workload.chats)]
+        self.live = [self.open_chat() for _ in range(workload.chats)]  # requested; nothing pushed yet
         next_at = time.monotonic()
         while time.monotonic() < until:
             chat = self.rng.choice(self.live)
-            if chat.remaining <= 0:
+            if not chat.joined:
+                added = self.join(chat)
+            elif chat.remaining <= 0:
                 self.live.remove(chat)
                 added = self.close_chat(chat)
                 self.live.append(self.open_chat())
-                added += 1
             else:
                 added = self.burst(chat)
-            next_at += added / workload.rate
-            delay = next_at - time.monotonic()
-            if delay > 0:
-                time.sleep(delay)
+            next_at = _pace(next_at, added / workload.rate)
 
     def close_all(self) -> None:
+        """End every chat, paced at the offered rate (but within CLOSE_WITHIN_S)."""
+        rate = max(self.workload.rate, len(self.live) / CLOSE_WITHIN_S)
+        next_at = time.monotonic()
         for chat in self.live:
-            self.close_chat(chat)
+            next_at = _pace(next_at, self.close_chat(chat) / rate)
         self.live = []
 
     # Triggers ------------------------------------------------------------------------------------
@@ -661,11 +680,14 @@ class System:
 
     name = ""
 
-    def __init__(self, redis_url: str, gms_url: str, workers: int, webhook_url: str | None) -> None:
+    def __init__(
+        self, redis_url: str, gms_url: str, workers: int, webhook_url: str | None, marker_ttl_s: int = 0
+    ) -> None:
         self.redis_url = redis_url
         self.gms_url = gms_url
         self.workers = workers
         self.webhook_url = webhook_url
+        self.marker_ttl_s = marker_ttl_s
         self.port = 0
 
     def start(self) -> None:
@@ -691,6 +713,8 @@ class Ours(System):
         if self.webhook_url:
             secret = "whsec_" + base64.b64encode(secrets.token_bytes(24)).decode()
             env |= {"WEBHOOK_URL": self.webhook_url, "WEBHOOK_SECRET": secret}
+        if self.marker_ttl_s:
+            env |= {"DEDUPE_TTL_S": str(self.marker_ttl_s), "ENDED_TTL_S": str(self.marker_ttl_s)}
         self._context = relay_processes(relay_env(**env), workers=self.workers)
         self.processes = self._context.__enter__()
         self.port = self.processes.port
@@ -808,9 +832,21 @@ def rq_job_stats(client: redis.Redis) -> dict[str, float]:
     return totals
 
 
-def used_memory(client: redis.Redis) -> int:
-    info: dict[str, Any] = client.info("memory")
-    return int(info["used_memory"])
+_MEMORY_FIELDS = (
+    "used_memory",
+    "used_memory_dataset",
+    "used_memory_overhead",
+    "used_memory_scripts",
+    "mem_clients_normal",
+    "connected_clients",
+)
+
+
+def memory_info(client: redis.Redis) -> dict[str, int]:
+    """INFO: total memory, dataset (keys and values), overhead (dicts, client buffers, ...), script
+    cache, client buffers and connections; and the number of keys."""
+    info: dict[str, Any] = client.info("memory") | client.info("clients")
+    return {name: int(info.get(name, 0)) for name in _MEMORY_FIELDS} | {"keys": int(client.dbsize())}
 
 
 # --- analysis ----------------------------------------------------------------------------------------
@@ -873,7 +909,8 @@ class RunResult:
     triggers: int
     pushes: int
     rejected: int
-    resends: int
+    resends: int  # over the whole run, the closing of every chat at the end included
+    resends_window: int  # sent during the measurement window
     exhausted: int
     refreshes: dict[str, int]
     refreshes_per_trigger: float
@@ -967,10 +1004,11 @@ def run_once(
                 hook_stop,
             ):
                 cls = Ours if system_name == "ours" else Naive
-                system = cls(redis_server.url, chat_server.base_url, workers, hook_url)
+                system = cls(redis_server.url, chat_server.base_url, workers, hook_url, workload.marker_ttl_s)
                 system.start()
                 time.sleep(1.0)  # workers connect and register
-                baseline = used_memory(client)
+                snapshots = {"baseline": memory_info(client)}
+                baseline = snapshots["baseline"]["used_memory"]
                 pids = system.pids()
                 assert redis_server.process is not None
                 sampler = Sampler(pids)
@@ -1006,7 +1044,8 @@ def run_once(
                 window_end = time.time()
                 timer.cancel()
                 cpu_end = cpu_now()
-                window_memory = used_memory(client)
+                snapshots["window_end"] = memory_info(client)
+                window_memory = snapshots["window_end"]["used_memory"]
                 window_census = census(client, sample=300)
                 gms.close_all()
                 expected = gms.expected_events
@@ -1034,11 +1073,23 @@ def run_once(
                 profilers = []
                 first, repeats = read_streams(client, _devices(chat_server))
                 time.sleep(0.5)
-                after = used_memory(client)
+                snapshots["after_end"] = memory_info(client)
+                after = snapshots["after_end"]["used_memory"]
                 after_census = census(client)
                 counters = {_text(k): float(v) for k, v in client.hgetall(COUNTERS).items()}
+                ended_at = time.monotonic()
                 _delete_streams(client)
-                after_without_streams = used_memory(client)
+                snapshots["after_end_without_streams"] = memory_info(client)
+                after_without_streams = snapshots["after_end_without_streams"]["used_memory"]
+                expired: dict[str, Any] = {}
+                if workload.marker_ttl_s and system_name == "ours":
+                    # Wait out the markers' TTLs, then give Redis's active expiry a moment.
+                    time.sleep(max(0.0, ended_at + workload.marker_ttl_s + 3.0 - time.monotonic()))
+                    snapshots["after_markers_expired"] = memory_info(client)
+                    expired = {
+                        "delta_bytes": snapshots["after_markers_expired"]["used_memory"] - baseline,
+                        "census": census(client),
+                    }
                 stats_chats = len(chat_server.store.chat_ids())
         finally:
             for profiler in profilers:
@@ -1073,6 +1124,8 @@ def run_once(
             "after_end_delta_bytes": after - baseline,
             "after_end_without_streams_delta_bytes": after_without_streams - baseline,
             "census_after_end": after_census,
+            "after_markers_expired": expired,
+            "info": snapshots,
             "chats_total": stats_chats,
         },
         rss={name: {"peak": sampler.peak.get(name, 0), "end": rss_end.get(name, 0)} for name in sorted(pids)},
@@ -1205,6 +1258,7 @@ def analyse(
         pushes=len(records),
         rejected=sum(1 for r in records if r[8] != 200),
         resends=sum(1 for r in records if r[2] > 0 and not r[4]),
+        resends_window=sum(1 for r in windowed if r[2] > 0 and not r[4]),
         exhausted=gms_stats.exhausted,
         refreshes=refreshes,
         refreshes_per_trigger=round(refresh_total / max(triggers, 1), 3),
@@ -1257,7 +1311,8 @@ def format_table(results: list[RunResult]) -> str:
         lines.append(
             f"| {r.system} | {r.workers} | {r.offered_rate:.0f} | {r.sent_rate:.0f} | {r.accepted_rate:.0f} "
             f"| {r.delivered_rate:.0f} | {_ms(s['p50'])} / {_ms(s['p95'])} / {_ms(s['p99'])} | {hook} "
-            f"| {r.refreshes_per_trigger:.2f} | {r.resends} | {r.stream_duplicates} | {r.events_undelivered} "
+            f"| {r.refreshes_per_trigger:.2f} | {r.resends_window} | {r.stream_duplicates} "
+            f"| {r.events_undelivered} "
             f"| {r.redis['per_active_chat_bytes']} | {after / 1024:+.0f} KiB "
             f"| {ingress_rss / 1024:.0f} / {workers_rss / 1024:.0f} |"
         )
@@ -1301,6 +1356,12 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--drain-timeout", type=float, default=defaults.drain_timeout_s)
     parser.add_argument("--webhook", action="store_true", help="ours: also measure webhook latency")
     parser.add_argument("--seed", type=int, default=defaults.seed)
+    parser.add_argument(
+        "--marker-ttl",
+        type=int,
+        default=0,
+        help="ours: set DEDUPE_TTL_S and ENDED_TTL_S to this and measure Redis once they expired",
+    )
     parser.add_argument("--json", type=Path, help="write the results here")
     parser.add_argument("--profile", type=Path, help="py-spy profiles of ingress and workers go here")
     parser.add_argument("--profile-format", choices=["flamegraph", "raw", "speedscope"], default="flamegraph")
@@ -1330,6 +1391,7 @@ def main(argv: list[str] | None = None) -> int:
         drain_timeout_s=args.drain_timeout,
         webhook=args.webhook,
         seed=args.seed,
+        marker_ttl_s=args.marker_ttl,
     )
 
     def on_signal(signum: int, frame: FrameType | None) -> None:

@@ -28,9 +28,10 @@ def push_token_ok(expected: str, query_string: bytes, authorization: str | None)
                 decoded = ""
             ok = _equal(decoded.partition(":")[2], expected)
     if query_string and b"token=" in query_string:
-        for name, value in parse_qsl(query_string.decode("latin-1")):
-            if name == "token":
-                ok = _equal(value, expected) or ok
+        tokens = [value for name, value in parse_qsl(query_string.decode("latin-1")) if name == "token"]
+        if len(tokens) != 1:
+            return False  # one request may not try several tokens
+        ok = _equal(tokens[0], expected) or ok
     return ok
 
 

@@ -35,6 +35,10 @@ T = TypeVar("T")
 
 def classify(body: bytes) -> Notification:
     """Classify one push body. Raises InvalidJson or InvalidPush with a human-readable detail."""
+    try:
+        body.decode()  # msgspec skips members we do not read; those reach streams and webhooks too
+    except UnicodeDecodeError as exc:
+        raise InvalidJson(f"body is not valid UTF-8: {exc.reason} at byte {exc.start}") from None
     push = _decode(PUSH_BODY_DECODER, body, "")
     device_id = _identifier(push.deviceId, "deviceId")
     raw_message = bytes(push.message)

@@ -28,7 +28,6 @@ _HELP = {
     "wakeups_delivered": "device.wakeup notifications emitted",
     "commit_fenced": "commits refused because the lease had expired",
     "refresh_retried": "refreshes scheduled for retry",
-    "refresh_gave_up": "chats left to Chat Server's resend after repeated refresh failures",
     "refresh_parked": "chats waiting for credentials",
     "webhook_deliveries_created": "webhook deliveries created",
 }

@@ -23,6 +23,7 @@ from workers.context import WorkerContext
 log = logging.getLogger("gms_relay.worker")
 
 MAX_BACKOFF_MS = 2000
+SLOW_RETRY_MS = 15000
 
 
 def process(ctx: WorkerContext, claim: Claim, token: str) -> None:
@@ -32,8 +33,9 @@ def process(ctx: WorkerContext, claim: Claim, token: str) -> None:
         return
     if claim.end == "removed":
         # notify-position -1: the customer left. Never Refresh with -1, but fetch (from our cursor) what
-        # the triggers that came before it announced, unless that keeps failing.
-        if _has_credentials(claim) and claim.retries < ctx.settings.refresh_retry_max:
+        # the triggers that came before it announced; a failing Refresh is retried like any other
+        # (Chat Server keeps resending those unacknowledged triggers), so nothing is dropped.
+        if _has_credentials(claim):
             _refresh(ctx, claim, token, end_reason="removed")
         else:
             _commit(ctx, claim, token, Outcome(cursor=claim.cursor, end_reason="removed"))
@@ -75,11 +77,15 @@ def _refresh(ctx: WorkerContext, claim: Claim, token: str, end_reason: str = "")
     result = ctx.gms.refresh(service, claim.session_id, creds, position)
     ctx.histograms.observe("refresh", time.perf_counter() - started, f'outcome="{result.verdict.value}"')
     if result.verdict is RefreshVerdict.RETRY:
-        backoff = min(MAX_BACKOFF_MS, ctx.settings.refresh_retry_base_ms * 2**claim.retries)
-        at = now_ms() + int(backoff * random.uniform(0.5, 1.5))
-        verdict = release(ctx, claim, token, "retry", at)
+        # Fast retries first, then a slow steady pace while GMS stays down (never given up).
+        settings = ctx.settings
+        if claim.retries < settings.refresh_retry_max:
+            backoff = min(MAX_BACKOFF_MS, settings.refresh_retry_base_ms * 2**claim.retries)
+        else:
+            backoff = SLOW_RETRY_MS
+        release(ctx, claim, token, "retry", now_ms() + int(backoff * random.uniform(0.5, 1.5)))
         log.warning(
-            "refresh failed; will retry" if verdict == "retry" else "refresh failed; left to resend",
+            "refresh failed; will retry",
             extra={"session_id": claim.session_id, "reason": result.reason, "retries": claim.retries},
         )
         return

@@ -62,6 +62,6 @@ def commit(ctx: WorkerContext, claim: Claim, token: str, outcome: Outcome) -> bo
 
 def release(ctx: WorkerContext, claim: Claim, token: str, how: str, at_ms: int = 0) -> str:
     """Give the chat back without delivering: 'retry', 'later' or 'park' (see release.lua)."""
-    args = [claim.session_id, token, how, str(at_ms), str(ctx.settings.refresh_retry_max), claim.gen]
+    args = [claim.session_id, token, how, str(at_ms), claim.gen]
     result = ctx.scripts["release"](args=args)
     return result.decode() if isinstance(result, bytes) else str(result)

@@ -10,7 +10,6 @@ from __future__ import annotations
 import logging
 import signal
 import threading
-import time
 
 import redis
 from redis.exceptions import RedisError
@@ -49,7 +48,8 @@ def run_worker(settings: Settings, burst: bool = False, name: str | None = None)
                 )
             except (RedisError, OSError) as exc:  # RQ's teardown needs Redis too
                 log.warning("worker loop failed", extra={"error": type(exc).__name__})
-            if burst or getattr(worker, "_stop_requested", False):
+            # RQ records a SIGTERM/SIGINT here whether the worker was busy or idle.
+            if burst or getattr(worker, "_shutdown_requested_date", None) is not None:
                 return 0
             log.warning("RQ's work loop ended on an error; restarting it once Redis answers")
             if not _wait_for_redis(connection):

@@ -89,9 +89,10 @@ def unfinished(client: redis.Redis, report: Report) -> list[str]:
             f"{chat.session_id} {chat.mode} ended={chat.ended} got={got} want={expected_indexes(chat)} "
             f"session={session} dirty_in_ms={_due_in_ms(client, chat.session_id)} "
             f"staged={sorted(int(i) for i in client.hkeys(keys.staged(chat.session_id)))} "
-            f"acked={[r.indexes for r in chat.push_log if r.acked]} "
+            f"acked={len([r for r in chat.push_log if r.acked])} "
             f"pushes={[(p.kind, p.position, p.attempt, p.status) for p in chat.push_log][-4:]} "
-            f"refreshes={[(r.transcript_position, r.outcome) for r in chat.refreshes][-3:]}"
+            f"refreshes={[(r.transcript_position, r.outcome, r.returned) for r in chat.refreshes][-8:]} "
+            f"nrefreshes={len(chat.refreshes)}"
         )
     return lines
 

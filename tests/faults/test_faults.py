@@ -92,17 +92,21 @@ def test_chat_api_failing_for_30_seconds(
 ) -> None:
     def gms_outage(relay: RelayProcesses) -> None:
         wait_for(lambda: delivered(redis_client) > 20)
-        chat_server.faults.fail_refresh_status1 = 0.3
-        chat_server.faults.refresh_delay_ms = 500  # beyond REFRESH_TIMEOUT_MS: timeouts
-        chat_server.faults.fail_for(30.0)  # HTTP 503 for everything else
-        wait_for(lambda: time.monotonic() > chat_server.faults.fail_until, timeout_s=40)
-        chat_server.faults.fail_refresh_status1 = 0.0
-        chat_server.faults.refresh_delay_ms = 0
+        faults = chat_server.faults
+        faults.fail_for(10.0)  # HTTP 503 for every Refresh
+        wait_for(lambda: time.monotonic() > faults.fail_until, timeout_s=20)
+        faults.fail_refresh_status1 = 0.5
+        faults.refresh_delay_ms = 500  # half of the rest time out (REFRESH_TIMEOUT_MS is 400)
+        time.sleep(10.0)  # the fault's length
+        faults.fail_refresh_status1 = 0.0
+        faults.refresh_delay_ms = 0
+        faults.fail_for(10.0)
 
     with faulty_run(redis_server.url, chat_server, gms_outage, events_per_chat=20, rate=100.0) as outcome:
         assert_every_sink_once_in_order(redis_client, outcome, timeout_s=150)
     outcomes = {r.outcome for c in outcome.report.chats for r in c.refreshes}
     assert {"http503", "status1", "ok"} <= outcomes
+    assert int(redis_client.hget(keys.COUNTERS, 'h:refresh{outcome="retry"}|count') or 0) > 0
 
 
 def test_http_400_on_refresh_ends_the_chat_as_fatal(
