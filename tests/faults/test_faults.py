@@ -80,7 +80,7 @@ def test_ingress_killed_and_restarted_under_load(
 ) -> None:
     def crash_ingress(relay: RelayProcesses) -> None:
         for threshold in (20, 120):
-            wait_for(lambda: delivered(redis_client) > threshold)
+            wait_for(lambda at_least=threshold: delivered(redis_client) > at_least)
             relay.restart_ingress(signal.SIGKILL)
 
     with faulty_run(redis_server.url, chat_server, crash_ingress) as outcome:
