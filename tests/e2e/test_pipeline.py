@@ -5,6 +5,7 @@ from __future__ import annotations
 import signal
 import threading
 
+import httpx
 import pytest
 import redis
 
@@ -12,7 +13,12 @@ from shared.redis_server import RedisServer
 from simulator.chat_api import Faults
 from simulator.scenario import ScenarioConfig, run_scenario
 from simulator.server import ChatServer
-from tests.e2e.checks import assert_exactly_once_in_order, assert_resends_only_after_failures, chat_done
+from tests.e2e.checks import (
+    assert_exactly_once_in_order,
+    assert_resends_only_after_failures,
+    chat_done,
+    stream,
+)
 from tests.processes import relay_env, relay_processes, wait_for
 
 pytestmark = [pytest.mark.e2e, pytest.mark.timeout(240)]
@@ -51,6 +57,20 @@ def test_every_event_once_in_order_with_failures_and_duplicates(
         report = run_scenario(f"{relay.base_url}/push", scenario(relay.base_url), server=chat_server)
         assert report.totals.pushes_rejected == 0
         wait_for(lambda: all(chat_done(redis_client, c) for c in report.chats), timeout_s=60)
+        # Metrics of both worker processes add up in Redis; the ingress serves them.
+        streamed = sum(
+            1
+            for c in report.chats
+            for e in stream(redis_client, c.device_id)
+            if e.get("sessionId") == c.session_id and "index" in e
+        )
+        wait_for(
+            lambda: "gms_relay_trigger_to_stream_seconds_count" in httpx.get(f"{relay.base_url}/metrics").text
+        )
+        metrics = httpx.get(f"{relay.base_url}/metrics").text
+        assert f"gms_relay_events_delivered_total {streamed}\n" in metrics
+        assert 'gms_relay_refresh_seconds_count{outcome="ok"}' in metrics
+        assert 'gms_relay_pushes_total{kind="trigger",outcome="queued"}' in metrics
     assert report.settled
     assert report.totals.refreshes_cometd_key == 0
     assert report.totals.refreshes_stale_alias == 0
