@@ -27,6 +27,7 @@ if str(_ROOT) not in sys.path:
 
 import argparse  # noqa: E402
 import json  # noqa: E402
+import math  # noqa: E402
 import subprocess  # noqa: E402
 import tempfile  # noqa: E402
 import time  # noqa: E402
@@ -252,13 +253,10 @@ def sweep_table(runs: list[Run]) -> list[str]:
     for r in sorted(runs, key=lambda r: (r["system"] != "ours", r["offered_rate"])):
         s = r["latency_stream_ms"]
         busy = r["cpu_s"].get("machine busy", 0.0) / max(r["window_s"], 1e-9)
-        why = []
-        if r["saturated"]:
-            why.append("yes")
         if r["sender_limited"]:
-            why.append("yes: the GMS senders could not offer the load")
-        if not why:
-            why.append("no")
+            why = ["yes: the GMS senders could not offer the load"]
+        else:
+            why = ["yes" if r["saturated"] else "no"]
         if not r["drained"]:
             why.append(f"(backlog left {r['drain_s']:.0f} s after the end)")
         lines.append(
@@ -496,12 +494,13 @@ def plot(document: dict[str, Any]) -> None:
         for field, key, style, label in lines:
             y = [r[field][key] for r in points]
             shown = [cap if v is None else max(v, floor) for v in y]
-            left.plot(
-                x, shown, style, color=color, marker="o" if key == "p50" else ".", label=f"{system} {label}"
-            )
-            for xi, yi in zip(x, y, strict=True):
-                if yi is None and field == "latency_stream_ms" and key == "p99":
-                    left.annotate("undelivered", (xi, cap), fontsize=7, color=color, ha="center", va="bottom")
+            if field == "latency_stream_ms":  # meaningless where triggers sat in GMS queues: not drawn
+                shown = [math.nan if r["sender_limited"] else v for r, v in zip(points, shown, strict=True)]
+            marker = "o" if key == "p50" else "."
+            left.plot(x, shown, style, color=color, marker=marker, label=f"{system} {label}")
+        late = [r["offered_rate"] for r in points if r["latency_event_ms"]["p99"] is None]
+        if late:
+            left.annotate("undelivered", (late[0], cap), fontsize=7, color=color, ha="left", va="bottom")
         right.plot(
             x, [r["delivered_rate"] for r in points], "-", color=color, marker="o", label=LABELS[system]
         )
@@ -528,7 +527,7 @@ def plot(document: dict[str, Any]) -> None:
     left.axhline(TARGET_P99_MS, color="grey", linestyle="-.", linewidth=1)
     left.text(offered[0], TARGET_P50_MS, "p50 target", fontsize=7, va="bottom", color="grey")
     left.text(offered[0], TARGET_P99_MS, "p99 target", fontsize=7, va="bottom", color="grey")
-    left.set(ylabel=f"latency (ms, floor {floor:g})", title="Latency")
+    left.set(ylabel=f"latency (ms, floor {floor:g})", title="Latency (trigger->stream: not where GMS lagged)")
     left.legend(fontsize=7)
     right.plot([offered[0], offered[-1]], [offered[0], offered[-1]], ":", color="grey", linewidth=1,
                label="delivered = offered")  # fmt: skip

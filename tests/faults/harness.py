@@ -55,10 +55,11 @@ def faulty_run(
     fault: Fault,
     workers: int = 2,
     env: dict[str, str] | None = None,
+    receiver: WebhookReceiver | None = None,
     **overrides: object,
 ) -> Iterator[Outcome]:
     """Run the workload with `fault(relay)` on a thread; yields once every push was answered."""
-    receiver = WebhookReceiver()
+    receiver = receiver or WebhookReceiver()
     receiver.start()
     relay_vars = relay_env(
         REDIS_URL=redis_url,
