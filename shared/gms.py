@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import enum
 from dataclasses import dataclass
+from http.cookiejar import CookieJar, DefaultCookiePolicy
 from urllib.parse import quote
 
 import httpx
@@ -47,6 +48,8 @@ class ChatApi:
     def __init__(self, base_url: str, timeout_s: float, client: httpx.Client | None = None) -> None:
         self.base_url = base_url.rstrip("/")
         self.client = client or httpx.Client(
+            # One client serves every chat: a cookie GMS sets for one must never ride along with another.
+            cookies=CookieJar(policy=DefaultCookiePolicy(allowed_domains=[])),
             timeout=httpx.Timeout(timeout_s),
             limits=httpx.Limits(max_connections=64, max_keepalive_connections=64),
         )

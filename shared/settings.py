@@ -23,8 +23,9 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
     session_idle_ttl_s: int = 4 * 3600
     # How long the marker of an ended chat is kept, so late pushes for it are ignored.
     ended_ttl_s: int = 24 * 3600
-    # How long an exact-duplicate marker (session, position, attempt) is kept.
-    dedupe_ttl_s: int = 3600
+    # How long an exact-duplicate marker (session, position, attempt) is kept: the span in which GMS
+    # repeats a push. A later duplicate costs at most one Refresh from the cursor.
+    dedupe_ttl_s: int = 600
     # Single-flight lease on a chat; must stay well inside Chat Server's resend delay (>= 1 s).
     lease_ttl_ms: int = 800
     refresh_timeout_ms: int = 400
