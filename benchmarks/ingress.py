@@ -135,6 +135,7 @@ class Server:
         env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(_ROOT), env.get("PYTHONPATH")]))
         if kind == "ours":
             args = ["-m", "shared.cli", "ingress", "--host", "127.0.0.1", "--port", str(self.port)]
+            args += ["--processes", os.environ.get("BENCH_INGRESS_PROCESSES", "1")]
         else:
             args = [str(Path(__file__).resolve()), "--serve", kind, "--port", str(self.port)]
             args += ["--redis-url", redis_url]

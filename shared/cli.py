@@ -20,7 +20,7 @@ def _settings() -> Settings:
 def _ingress(args: argparse.Namespace) -> int:
     from ingress.server import serve
 
-    serve(_settings(), host=args.host, port=args.port)
+    serve(_settings(), host=args.host, port=args.port, processes=args.processes)
     return 0
 
 
@@ -55,6 +55,9 @@ def build_parser() -> argparse.ArgumentParser:
     ingress = sub.add_parser("ingress", help="serve the HTTP API (POST /push, /sessions, health, metrics)")
     ingress.add_argument("--host", default="0.0.0.0")
     ingress.add_argument("--port", type=int, default=8080)
+    ingress.add_argument(
+        "--processes", type=int, default=1, help="uvicorn processes sharing the port (one per busy GMS node)"
+    )
     ingress.set_defaults(func=_ingress)
 
     worker = sub.add_parser("worker", help="run one RQ worker on all of the relay's queues")
