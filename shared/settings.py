@@ -33,6 +33,8 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
     refresh_retry_max: int = 6
     refresh_retry_base_ms: int = 50
     stream_maxlen: int = 10000
+    # A device's stream expires this long after its last write.
+    stream_ttl_s: int = 7 * 24 * 3600
     # Webhook fan-out.
     webhook_timeout_ms: int = 5000
     webhook_batch_max: int = 50
@@ -51,6 +53,7 @@ _INT_VARS = {
     "REFRESH_RETRY_MAX": "refresh_retry_max",
     "REFRESH_RETRY_BASE_MS": "refresh_retry_base_ms",
     "STREAM_MAXLEN": "stream_maxlen",
+    "STREAM_TTL_S": "stream_ttl_s",
     "WEBHOOK_TIMEOUT_MS": "webhook_timeout_ms",
     "WEBHOOK_BATCH_MAX": "webhook_batch_max",
     "PAYLOAD_GAP_WAIT_MS": "payload_gap_wait_ms",

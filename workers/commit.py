@@ -10,8 +10,6 @@ from workers.claims import Claim
 from workers.context import WorkerContext
 from workers.webhooks import WEBHOOK_KEYS_TTL_MS
 
-STREAM_TTL_MS = 7 * 24 * 3600 * 1000
-
 
 def now_ms() -> int:
     return time.time_ns() // 1_000_000
@@ -45,7 +43,7 @@ def commit(ctx: WorkerContext, claim: Claim, token: str, outcome: Outcome) -> bo
         str(settings.session_idle_ttl_s * 1000),
         str(settings.ended_ttl_s * 1000),
         str(settings.stream_maxlen),
-        str(STREAM_TTL_MS),
+        str(settings.stream_ttl_s * 1000),
         str(len(settings.webhook_urls)),
         ctx.job_id("wh"),
         str(settings.webhook_batch_max),

@@ -15,7 +15,7 @@ import time
 from shared import keys
 from workers.chat import process
 from workers.claims import Claim
-from workers.commit import STREAM_TTL_MS, now_ms
+from workers.commit import now_ms
 from workers.context import CLAIM_BATCH, WorkerContext
 from workers.watcher import kick_drain
 from workers.webhooks import WEBHOOK_KEYS_TTL_MS
@@ -67,7 +67,7 @@ def _claim(ctx: WorkerContext, token: str) -> list[Claim]:
             token,
             str(CLAIM_BATCH),
             str(settings.stream_maxlen),
-            str(STREAM_TTL_MS),
+            str(settings.stream_ttl_s * 1000),
             str(len(settings.webhook_urls)),
             ctx.job_id("wk"),
             str(settings.webhook_batch_max),
