@@ -271,7 +271,10 @@ def _every_value(client: redis.Redis) -> Iterator[tuple[str, bytes]]:
             fields: dict[bytes, bytes] = client.hgetall(raw_key)  # type: ignore[assignment]
             blobs = [*fields, *fields.values()]
             if key.startswith("rq:job:") and b"data" in fields:
-                blobs.append(zlib.decompress(fields[b"data"]))
+                try:  # RQ compresses job data; the relay's Lua writes it plain, which RQ also reads
+                    blobs.append(zlib.decompress(fields[b"data"]))
+                except zlib.error:
+                    blobs.append(fields[b"data"])
         elif kind == "list":
             blobs = client.lrange(raw_key, 0, -1)  # type: ignore[assignment]
         elif kind == "set":
