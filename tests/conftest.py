@@ -7,12 +7,15 @@ from pathlib import Path
 
 import pytest
 import redis
+from starlette.testclient import TestClient
 
+from ingress.app import create_app
 from shared.redis_server import RedisServer
 from shared.settings import Settings, load_settings
 from simulator.server import ChatServer
 
 SettingsFactory = Callable[..., Settings]
+ClientFactory = Callable[..., TestClient]
 
 
 @pytest.fixture(scope="session")
@@ -51,3 +54,19 @@ def chat_server() -> Iterator[ChatServer]:
     """The simulator's Chat API v2 on a free loopback port (the relay's GMS_URL)."""
     with ChatServer() as server:
         yield server
+
+
+@pytest.fixture
+def make_client(make_settings: SettingsFactory, redis_client: object) -> Iterator[ClientFactory]:
+    """A TestClient over a fresh ingress app built from env overrides (Redis already flushed)."""
+    opened: list[TestClient] = []
+
+    def factory(**env: str) -> TestClient:
+        client = TestClient(create_app(make_settings(**env)), raise_server_exceptions=False)
+        client.__enter__()
+        opened.append(client)
+        return client
+
+    yield factory
+    for client in opened:
+        client.__exit__(None, None, None)
