@@ -75,6 +75,7 @@ import redis  # noqa: E402
 
 from shared.redis_server import RedisServer, free_port  # noqa: E402
 from shared.stack import Stack, wait_until_ready  # noqa: E402
+from simulator.scenario import agent_activity  # noqa: E402
 from simulator.server import ChatServer  # noqa: E402
 from simulator.transcript import Chat, EventSpec, PendingTrigger  # noqa: E402
 from tests.processes import relay_env, relay_processes  # noqa: E402
@@ -96,12 +97,6 @@ _RESEND_POLL_S = 0.05
 CLOSE_WITHIN_S = 10.0  # chats still open at the end are closed within this
 _SAMPLE_S = 0.5
 _CLK_TCK = os.sysconf("SC_CLK_TCK")
-_LINES = (
-    "Hello, how can I help?",
-    "Let me check that for you.",
-    "One moment please.",
-    "Done: anything else?",
-)
 _SPAWN = multiprocessing.get_context("spawn")
 
 
@@ -486,20 +481,8 @@ class Gms:
         roll = rng.random()
         if roll < 0.1:
             specs = [EventSpec("Message", "customer", "Thanks!", {"messageType": "text"})]
-        elif roll < 0.6:
-            specs = [EventSpec("Message", "agent", rng.choice(_LINES), {"messageType": "text"})]
-            if rng.random() < 0.6:  # typing right after, then another message within ms
-                specs += [EventSpec("TypingStarted"), EventSpec("TypingStopped")]
-                specs.append(EventSpec("Message", "agent", rng.choice(_LINES), {"messageType": "text"}))
-        elif roll < 0.8:
-            specs = [EventSpec("TypingStarted"), EventSpec("TypingStopped")]
-        elif roll < 0.87:
-            specs = [EventSpec("NicknameUpdated", "agent", rng.choice(("Anna", "Anna B.", "Support")))]
-        elif roll < 0.94:
-            specs = [EventSpec("CustomNotice", "system", "Transferred to billing", {"noticeCode": 7})]
         else:
-            extra = {"x-future": {"level": 2, "tags": ["a", "b"]}, "userData": {"k": "v"}}
-            specs = [EventSpec("FutureType", "system", "from a later GMS version", extra)]
+            specs = agent_activity(rng, roll)
         return self._append(live, specs)
 
     def close_chat(self, live: LiveChat) -> int:

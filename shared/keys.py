@@ -86,7 +86,3 @@ def rq_queue(name: str) -> str:
 
 
 RQ_QUEUES = "rq:queues"
-
-
-def rq_job(job_id: str) -> str:
-    return f"rq:job:{job_id}"

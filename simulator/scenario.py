@@ -30,6 +30,26 @@ _LINES = (
 )
 
 
+def agent_activity(rng: random.Random, roll: float) -> list[EventSpec]:
+    """One burst of agent-side activity for a `roll` in [0.1, 1): bursty like real chats (a message is
+    often followed within milliseconds by typing events and another message), plus the odd nickname
+    change, custom notice and event type GMS does not have yet."""
+    if roll < 0.6:
+        specs = [EventSpec("Message", "agent", rng.choice(_LINES), {"messageType": "text"})]
+        if rng.random() < 0.6:
+            specs += [EventSpec("TypingStarted"), EventSpec("TypingStopped")]
+            specs.append(EventSpec("Message", "agent", rng.choice(_LINES), {"messageType": "text"}))
+        return specs
+    if roll < 0.8:
+        return [EventSpec("TypingStarted"), EventSpec("TypingStopped")]
+    if roll < 0.87:
+        return [EventSpec("NicknameUpdated", "agent", rng.choice(("Anna", "Anna B.", "Support")))]
+    if roll < 0.94:
+        return [EventSpec("CustomNotice", "system", "Transferred to billing", {"noticeCode": 7})]
+    extra = {"x-future": {"level": 2, "tags": ["a", "b"]}, "userData": {"k": "v"}}
+    return [EventSpec("FutureType", "system", "from a later GMS version", extra)]
+
+
 @dataclass
 class ScenarioConfig:
     chats: int = 10  # concurrent chats
@@ -154,20 +174,8 @@ class _Driver:
             self.client.post(url, data={**form, "message": "Thanks!"}).raise_for_status()
             specs: list[EventSpec] = []
             count = 1
-        elif roll < 0.6:
-            specs = [EventSpec("Message", "agent", rng.choice(_LINES), {"messageType": "text"})]
-            if rng.random() < 0.6:  # typing right after, then another message within ms
-                specs += [EventSpec("TypingStarted"), EventSpec("TypingStopped")]
-                specs.append(EventSpec("Message", "agent", rng.choice(_LINES), {"messageType": "text"}))
-        elif roll < 0.8:
-            specs = [EventSpec("TypingStarted"), EventSpec("TypingStopped")]
-        elif roll < 0.87:
-            specs = [EventSpec("NicknameUpdated", "agent", rng.choice(("Anna", "Anna B.", "Support")))]
-        elif roll < 0.94:
-            specs = [EventSpec("CustomNotice", "system", "Transferred to billing", {"noticeCode": 7})]
         else:
-            extra = {"x-future": {"level": 2, "tags": ["a", "b"]}, "userData": {"k": "v"}}
-            specs = [EventSpec("FutureType", "system", "from a later GMS version", extra)]
+            specs = agent_activity(rng, roll)
         specs = specs[: max(live.remaining, 1)]
         if specs:
             self.server.store.append(live.chat_id, [self._spec(s) for s in specs])

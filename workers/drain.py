@@ -60,7 +60,7 @@ def drain(ctx: WorkerContext) -> int:
 
 def _claim(ctx: WorkerContext, token: str) -> list[Claim]:
     settings = ctx.settings
-    claims, _wait_ms = ctx.scripts["claim"](
+    claims = ctx.scripts["claim"](
         args=[
             str(now_ms()),
             str(settings.lease_ttl_ms),

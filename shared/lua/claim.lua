@@ -4,12 +4,10 @@
 -- Waiting wake-ups are emitted to the sinks here, in the same transaction that takes them.
 -- ARGV: now_ms, lease_ttl_ms, token, max, stream_maxlen, stream_ttl_ms, sinks, job_base, batch_max,
 --       webhook_keys_ttl_ms
--- Returns {claims, wait_ms}; each claim = {sid, due_ms, session fields, staged fields};
--- wait_ms = -1 when nothing is dirty, else how long until something may become claimable.
+-- Returns the claims, each {sid, due_ms, session fields, staged fields}.
 local now, ttl, token, max = tonumber(ARGV[1]), tonumber(ARGV[2]), ARGV[3], tonumber(ARGV[4])
 local claims = {}
 local ready = redis.call('ZRANGEBYSCORE', DIRTY, '-inf', now, 'WITHSCORES', 'LIMIT', 0, max + 64)
-local wait = -1
 for i = 1, #ready, 2 do
   if #claims >= max then break end
   local sid = ready[i]
@@ -18,9 +16,6 @@ for i = 1, #ready, 2 do
     redis.call('ZADD', DIRTY, 'XX', now + ttl, sid)
     table.insert(claims, {sid, ready[i + 1], redis.call('HGETALL', P .. 'session:' .. sid),
       redis.call('HGETALL', P .. 'staged:' .. sid)})
-  else
-    local left = math.max(0, redis.call('PTTL', lease))
-    if wait < 0 or left < wait then wait = left end
   end
 end
 local wakeups = redis.call('LPOP', WAKEUPS, max) or {}
@@ -33,8 +28,4 @@ for i, wakeup in ipairs(wakeups) do
     .. wakeup .. '}'}, tonumber(ARGV[7]), ARGV[8] .. '-w' .. i, now, tonumber(ARGV[9]), ARGV[10])
   count('wakeups_delivered')
 end
-if #claims == 0 and wait < 0 then
-  local first = redis.call('ZRANGE', DIRTY, 0, 0, 'WITHSCORES')
-  if first[1] then wait = math.max(0, tonumber(first[2]) - now) end
-end
-return {claims, wait}
+return claims
