@@ -193,9 +193,11 @@ def test_skip_failed_releases_the_chat(redis_server: RedisServer, redis_client: 
     try:
         with relay_processes(env, workers=1) as relay:
             post(relay, body(payload_message([event(1)])))
-            post(relay, body(payload_message([event(2)])))
             wait_for(lambda: len(registry.get_job_ids()) == 1)
             [job_id] = registry.get_job_ids()
+            # Posted only now: two payloads claimed together would share one delivery.
+            post(relay, body(payload_message([event(2)])))  # waits behind the dead letter
+            wait_for(lambda: redis_client.llen(keys.outbox(0, "s1")) == 1)
             receiver.fail_rate = 0.0
             skip = subprocess.run(relay_command("skip-failed", job_id), env=env, capture_output=True)
             assert skip.returncode == 0, skip.stderr
