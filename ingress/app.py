@@ -20,7 +20,14 @@ from ingress.replies import error_body
 from ingress.store import IngressStore
 from shared import keys, metrics
 from shared.classify import MAX_ID_CHARS
-from shared.errors import InvalidJson, InvalidPush, PayloadTooLarge, RelayError, Unauthorized
+from shared.errors import (
+    InvalidJson,
+    InvalidPush,
+    PayloadTooLarge,
+    RelayError,
+    TooManyFailures,
+    Unauthorized,
+)
 from shared.models import SessionRegistration
 from shared.settings import Settings
 
@@ -55,14 +62,19 @@ def _check_id(value: str, name: str) -> None:
 class SessionRoutes:
     """PUT/DELETE /sessions/{sessionId}: credentials for chats whose triggers carry no secure key."""
 
-    def __init__(self, store: IngressStore) -> None:
+    def __init__(self, store: IngressStore, throttle: FailureThrottle) -> None:
         self.store = store
         self.token = store.settings.api_token
+        self.throttle = throttle
 
     async def handle(self, request: Request) -> Response:
         if self.token is None:
             raise HTTPException(404, "session registry is disabled (API_TOKEN unset)")
+        address = request.client.host if request.client else ""
+        if self.throttle.blocked(address):
+            raise TooManyFailures("too many failed authentications")
         if not bearer_ok(self.token, request.headers.get("authorization")):
+            self.throttle.failed(address)
             raise Unauthorized("missing or wrong API token")
         session_id = request.path_params["session_id"]
         _check_id(session_id, "sessionId")
@@ -102,7 +114,8 @@ def create_app(settings: Settings, store: IngressStore | None = None) -> Any:
     """The ASGI app. `/push` is dispatched before Starlette's router: it is the hot path."""
     store = store or IngressStore(settings)
     ingress_metrics = IngressMetrics()
-    push = PushEndpoint(store, ingress_metrics, FailureThrottle())
+    throttle = FailureThrottle()  # one per process, shared: a guess at either token counts
+    push = PushEndpoint(store, ingress_metrics, throttle)
 
     async def livez(request: Request) -> Response:
         return JSONResponse({"status": "alive"})
@@ -123,7 +136,7 @@ def create_app(settings: Settings, store: IngressStore | None = None) -> Any:
         yield
         await store.close()
 
-    sessions = SessionRoutes(store)
+    sessions = SessionRoutes(store, throttle)
     starlette = Starlette(
         routes=[
             Route("/livez", livez),

@@ -33,6 +33,11 @@ class Unauthorized(RelayError):
     status = 401
 
 
+class TooManyFailures(RelayError):
+    code = "too_many_failures"
+    status = 429
+
+
 class PayloadTooLarge(RelayError):
     code = "payload_too_large"
     status = 413

@@ -43,6 +43,23 @@ def test_sessions_refuse_without_the_api_token(make_client: ClientFactory, redis
     assert redis_client.dbsize() == 0
 
 
+def test_session_token_guesses_are_throttled_with_push_guesses(
+    make_client: ClientFactory, redis_client: redis.Redis
+) -> None:
+    client = make_client(API_TOKEN="api-t", PUSH_TOKEN="push-t")
+    auth = {"authorization": "Bearer api-t"}
+    guesses = [
+        client.put("/sessions/s1", json=REGISTRATION, headers={"authorization": f"Bearer g{i}"}).status_code
+        for i in range(20)
+    ]
+    assert guesses == [401] * 20
+    throttled = client.put("/sessions/s1", json=REGISTRATION, headers=auth)  # even the right token
+    assert throttled.status_code == 429
+    assert throttled.json()["error"] == "too_many_failures"
+    assert client.post("/push?token=push-t", content=body(trigger_message(1))).status_code == 429
+    assert redis_client.dbsize() == 0
+
+
 def test_register_then_forget(make_client: ClientFactory, redis_client: redis.Redis) -> None:
     client = make_client(API_TOKEN="api-t")
     auth = {"authorization": "Bearer api-t"}
