@@ -1,5 +1,4 @@
-"""Chat API v2 client (httpx, pooled, with timeouts): Refresh for the workers; Request Chat and
-Send for the simulator and the demo.
+"""Chat API v2 Refresh for the workers (keep-alive, with timeouts; see shared/form_client.py).
 
 Refresh uses the REST credentials (userId, secureKey from the trigger's userData or the session
 registry) and the newest alias; never the obfuscated `secureKey` member of a push message.
@@ -8,13 +7,13 @@ registry) and the newest alias; never the obfuscated `secureKey` member of a pus
 from __future__ import annotations
 
 import enum
+import http.client
 from dataclasses import dataclass
-from http.cookiejar import CookieJar, DefaultCookiePolicy
 from urllib.parse import quote
 
-import httpx
 import msgspec
 
+from shared.form_client import FormClient
 from shared.models import CHAT_RESPONSE_DECODER, ChatResponse
 
 
@@ -45,33 +44,24 @@ class Credentials:
 
 
 class ChatApi:
-    def __init__(self, base_url: str, timeout_s: float, client: httpx.Client | None = None) -> None:
-        self.base_url = base_url.rstrip("/")
-        self.client = client or httpx.Client(
-            # One client serves every chat: a cookie GMS sets for one must never ride along with another.
-            cookies=CookieJar(policy=DefaultCookiePolicy(allowed_domains=[])),
-            timeout=httpx.Timeout(timeout_s),
-            limits=httpx.Limits(max_connections=64, max_keepalive_connections=64),
-        )
-
-    def _url(self, service: str, *parts: str) -> str:
-        path = "/".join(quote(p, safe="") for p in (service, *parts))
-        return f"{self.base_url}/genesys/2/chat/{path}"
+    def __init__(self, base_url: str, timeout_s: float) -> None:
+        self.http = FormClient(base_url, timeout_s)
 
     def refresh(self, service: str, session_id: str, creds: Credentials, position: int) -> RefreshResult:
+        path = "/".join(quote(p, safe="") for p in (service, session_id, "refresh"))
         form = {**creds.form(), "transcriptPosition": str(position)}
         try:
-            reply = self.client.post(self._url(service, session_id, "refresh"), data=form)
-        except httpx.TimeoutException:
+            status, content = self.http.post_form(f"/genesys/2/chat/{path}", form)
+        except TimeoutError:
             return RefreshResult(RefreshVerdict.RETRY, None, "timeout")
-        except httpx.HTTPError as exc:
+        except (OSError, http.client.HTTPException) as exc:
             return RefreshResult(RefreshVerdict.RETRY, None, type(exc).__name__)
-        if reply.status_code == 400:
+        if status == 400:
             return RefreshResult(RefreshVerdict.FATAL, None, "http_400")
-        if reply.status_code != 200:
-            return RefreshResult(RefreshVerdict.RETRY, None, f"http_{reply.status_code}")
+        if status != 200:
+            return RefreshResult(RefreshVerdict.RETRY, None, f"http_{status}")
         try:
-            response = CHAT_RESPONSE_DECODER.decode(reply.content)
+            response = CHAT_RESPONSE_DECODER.decode(content)
         except (msgspec.DecodeError, msgspec.ValidationError, RecursionError):
             return RefreshResult(RefreshVerdict.RETRY, None, "bad_response")
         if response.statusCode == 2:
@@ -80,18 +70,5 @@ class ChatApi:
             return RefreshResult(RefreshVerdict.RETRY, response, f"status_{response.statusCode}")
         return RefreshResult(RefreshVerdict.OK, response, "ok")
 
-    def request_chat(self, service: str, nickname: str, user_data: dict[str, str]) -> ChatResponse:
-        form = {"nickname": nickname, **{f"userData[{k}]": v for k, v in user_data.items()}}
-        reply = self.client.post(self._url(service), data=form)
-        reply.raise_for_status()
-        return CHAT_RESPONSE_DECODER.decode(reply.content)
-
-    def send(self, service: str, session_id: str, creds: Credentials, message: str) -> ChatResponse:
-        reply = self.client.post(
-            self._url(service, session_id, "send"), data={**creds.form(), "message": message}
-        )
-        reply.raise_for_status()
-        return CHAT_RESPONSE_DECODER.decode(reply.content)
-
     def close(self) -> None:
-        self.client.close()
+        self.http.close()
