@@ -7,7 +7,7 @@ Three servers take the same pre-generated bodies from the same client, in interl
 Targets (issue): ours p50 <= 1.3 x floor p50, ours rate >= 2 x naive rate, and with `--senders 4`
 each concurrent sender's p99 < 2 x the single-sender p99.
 
-    python benchmarks/ingress.py [--requests 5000] [--rounds 3] [--senders 4] [--json out.json]
+    python benchmarks/ingress.py [--requests 5000] [--rounds 3] [--senders 4 [--pace 500]] [--json out.json]
 """
 
 from __future__ import annotations
@@ -312,8 +312,12 @@ def send_sequence(
     measured: Sequence[bytes],
     barrier: Barrier | None = None,
     probe: CpuProbe | None = None,
+    pace_per_s: float | None = None,
 ) -> tuple[list[int], float, Counter[bytes], tuple[float, float, float] | None]:
     """Warm up, then time each request.
+
+    With `pace_per_s`, request i leaves no earlier than i / pace_per_s after the first (a GMS node under
+    a given load, still one request at a time); latency is timed from when it actually leaves.
 
     Returns per-request latencies (ns), wall time (s), the replies and, with a probe, the CPU seconds
     the server, redis-server and this client spent over the measured requests.
@@ -333,8 +337,13 @@ def send_sequence(
         gc.disable()  # the client's own collector must not land inside a timed request
         try:
             clock = time.perf_counter_ns
+            interval_ns = int(1e9 / pace_per_s) if pace_per_s else 0
             started = clock()
             for i, request in enumerate(measured):
+                if interval_ns:
+                    wait_ns = started + i * interval_ns - clock()
+                    if wait_ns > 0:
+                        time.sleep(wait_ns / 1e9)
                 t0 = clock()
                 replies.append(client.post(request))
                 latencies[i] = clock() - t0
@@ -380,11 +389,18 @@ def summarize(
 
 
 def sender_process(
-    port: int, warmup: list[bytes], measured: list[bytes], barrier: Barrier, results: Pipe
+    port: int,
+    warmup: list[bytes],
+    measured: list[bytes],
+    barrier: Barrier,
+    results: Pipe,
+    pace_per_s: float | None,
 ) -> None:
     """One of K concurrent senders (a process: the client must not share a GIL with the others)."""
     try:
-        latencies, elapsed_s, outcomes, _ = send_sequence(port, warmup, measured, barrier)
+        latencies, elapsed_s, outcomes, _ = send_sequence(
+            port, warmup, measured, barrier, pace_per_s=pace_per_s
+        )
         results.send(("ok", latencies, elapsed_s, outcomes))
     except BaseException as exc:
         barrier.abort()
@@ -403,7 +419,9 @@ class Bench:
     servers: dict[str, Server]
     children: list[multiprocessing.process.BaseProcess] = field(default_factory=list)
 
-    def run_one(self, target: str, warmup: list[bytes], measured: list[bytes]) -> Run:
+    def run_one(
+        self, target: str, warmup: list[bytes], measured: list[bytes], pace_per_s: float | None = None
+    ) -> Run:
         self.flush.flushall()
         server = self.servers[target]
 
@@ -411,9 +429,13 @@ class Bench:
             cpu = self.flush.info("cpu")
             return process_cpu_s(server.process.pid), float(cpu["used_cpu_user"]) + float(cpu["used_cpu_sys"])
 
-        return summarize(target, *send_sequence(server.port, warmup, measured, probe=probe))
+        return summarize(
+            target, *send_sequence(server.port, warmup, measured, probe=probe, pace_per_s=pace_per_s)
+        )
 
-    def run_senders(self, count: int, round_no: int) -> tuple[list[Run], float]:
+    def run_senders(
+        self, count: int, round_no: int, pace_per_s: float | None = None
+    ) -> tuple[list[Run], float]:
         """`count` concurrent sequential senders against our ingress, each with its own chats.
 
         Also returns the ingress's CPU time per request (warm-up included), to tell queueing in a
@@ -439,6 +461,7 @@ class Bench:
                     requests[self.args.warmup :],
                     barrier,
                     sender,
+                    pace_per_s,
                 ),
                 daemon=True,
             )
@@ -579,20 +602,38 @@ def run_benchmark(args: argparse.Namespace, bench: Bench) -> dict[str, Any]:
     }
     if args.senders > 1:
         results["senders"] = run_concurrent(args, bench, medians["ours"])
+        if args.pace:
+            # The same comparison at a set load per GMS node, below saturation: does a node's reply
+            # time suffer because other nodes send at the same time?
+            paced = [bench.run_one("ours", warmup, measured, args.pace) for _ in range(args.rounds)]
+            single = median_run(paced)
+            print()
+            print(
+                f"1 sender paced at {args.pace:.0f} req/s against ours: p50 {single['p50_us']:.1f} us, "
+                f"p99 {single['p99_us']:.1f} us (median of {args.rounds} rounds)"
+            )
+            results["senders_paced"] = {
+                "pace_per_s": args.pace,
+                **run_concurrent(args, bench, single, pace_per_s=args.pace),
+            }
     return results
 
 
-def run_concurrent(args: argparse.Namespace, bench: Bench, single: dict[str, float]) -> dict[str, Any]:
+def run_concurrent(
+    args: argparse.Namespace, bench: Bench, single: dict[str, float], pace_per_s: float | None = None
+) -> dict[str, Any]:
     single_p99_us = single["p99_us"]
     k = args.senders
+    pace = f", each paced at {pace_per_s:.0f} req/s" if pace_per_s else ", each as fast as replies come"
     print()
     print(
-        f"{k} sequential senders at once (a process and connection each) against ours, {args.rounds} rounds"
+        f"{k} sequential senders at once (a process and connection each{pace}) against ours, "
+        f"{args.rounds} rounds"
     )
     per_sender: list[list[Run]] = [[] for _ in range(k)]
     busy: list[float] = []
     for round_no in range(args.rounds):
-        runs, cpu_us = bench.run_senders(k, round_no)
+        runs, cpu_us = bench.run_senders(k, round_no, pace_per_s)
         for i, run in enumerate(runs):
             per_sender[i].append(run)
         total = sum(r.rate for r in runs)
@@ -699,6 +740,13 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--warmup", type=int, default=500, help="warm-up requests before each measurement")
     parser.add_argument("--rounds", type=int, default=3, help="interleaved rounds; medians are reported")
     parser.add_argument("--senders", type=int, default=1, help="also run K concurrent senders against ours")
+    parser.add_argument(
+        "--pace",
+        type=float,
+        default=None,
+        metavar="REQ_PER_S",
+        help="with --senders: also compare K senders and 1 sender each sending at this rate",
+    )
     parser.add_argument("--seed", type=int, default=20240601, help="seed of the body generator")
     parser.add_argument("--json", type=Path, default=None, metavar="PATH", help="also write results here")
     # Internal: how the script starts the baseline servers in child processes.
