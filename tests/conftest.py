@@ -56,6 +56,14 @@ def chat_server() -> Iterator[ChatServer]:
         yield server
 
 
+def connect_to_redis(client: TestClient) -> None:
+    """Let the app open its Redis connection (GET /readyz) before the test's own requests: its connect
+    timeout is 50 ms, which a stall on a loaded machine can exceed, turning a first push into a 503."""
+    for _ in range(20):
+        if client.get("/readyz").status_code == 200:
+            return
+
+
 @pytest.fixture
 def make_client(make_settings: SettingsFactory, redis_client: object) -> Iterator[ClientFactory]:
     """A TestClient over a fresh ingress app built from env overrides (Redis already flushed)."""
@@ -65,6 +73,7 @@ def make_client(make_settings: SettingsFactory, redis_client: object) -> Iterato
         client = TestClient(create_app(make_settings(**env)), raise_server_exceptions=False)
         client.__enter__()
         opened.append(client)
+        connect_to_redis(client)
         return client
 
     yield factory

@@ -69,7 +69,9 @@ class RelayProcesses:
         self.ingress = self.stack.start(
             "ingress", relay_command("ingress", "--port", str(self.port)), self.env
         )
-        wait_until_ready(f"{self.base_url}/livez", alive=self.ingress.alive)
+        # /readyz, not /livez: it also opens the ingress's Redis connection, whose 50 ms connect timeout
+        # a stall on a loaded machine could otherwise turn into a 503 for the test's first push.
+        wait_until_ready(f"{self.base_url}/readyz", alive=self.ingress.alive)
         return self.ingress
 
 

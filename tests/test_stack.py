@@ -75,7 +75,12 @@ def test_up_simulate_delivers_end_to_end_and_stops_cleanly(tmp_path: Path) -> No
         client.close()
     finally:
         up.send_signal(signal.SIGINT)
-        code = up.wait(60)
+        try:
+            code = up.wait(60)
+        except subprocess.TimeoutExpired:
+            up.kill()  # its children die with it (PR_SET_PDEATHSIG): no stack is left running
+            up.wait()
+            raise
         reader.join(10)
         assert up.stdout is not None
         up.stdout.close()

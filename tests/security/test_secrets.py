@@ -147,6 +147,7 @@ def test_sessions_need_the_api_token(make_client: ClientFactory, redis_client: r
     client = make_client(API_TOKEN=token)
     assert client.put("/sessions/s1", json=REGISTRATION).status_code == 401
     for label, wrong in _wrong_tokens(token).items():
+        client = make_client(API_TOKEN=token)  # a fresh app each time: the throttle stays out of it
         for method in ("PUT", "DELETE"):
             reply = client.request(
                 method,
@@ -158,6 +159,7 @@ def test_sessions_need_the_api_token(make_client: ClientFactory, redis_client: r
             assert reply.json()["error"] == "unauthorized"
             assert token not in reply.text
     # Only `Bearer` (any case, RFC 7235) carries the API token; basic auth and ?token= do not.
+    client = make_client(API_TOKEN=token)
     for header, status in ((_basic(token), 401), (f"Token {token}", 401), (f"bearer {token}", 204)):
         reply = client.put("/sessions/s1", json=REGISTRATION, headers={"authorization": header})
         assert reply.status_code == status, header

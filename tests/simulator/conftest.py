@@ -18,8 +18,8 @@ from starlette.routing import Route
 from simulator.server import ChatServer, ThreadedServer
 
 
-def wait_for(condition: Callable[[], bool], timeout_s: float = 5.0, what: str = "condition") -> None:
-    """Poll until `condition()` holds; fail after `timeout_s`."""
+def wait_for(condition: Callable[[], bool], timeout_s: float = 30.0, what: str = "condition") -> None:
+    """Poll until `condition()` holds; fail after `timeout_s` (generous: CI machines stall for seconds)."""
     deadline = time.monotonic() + timeout_s
     while not condition():
         if time.monotonic() > deadline:

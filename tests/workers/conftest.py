@@ -12,7 +12,7 @@ from starlette.testclient import TestClient
 from ingress.app import create_app
 from shared import keys
 from shared.settings import Settings
-from tests.conftest import SettingsFactory
+from tests.conftest import SettingsFactory, connect_to_redis
 from workers.context import WorkerContext, set_context
 
 Burst = Callable[[], None]
@@ -35,6 +35,7 @@ def relay_settings(
 @pytest.fixture
 def ingress(relay_settings: Settings) -> Iterator[TestClient]:
     with TestClient(create_app(relay_settings)) as client:
+        connect_to_redis(client)
         yield client
 
 

@@ -34,7 +34,9 @@ def test_payload_events_reach_the_stream_in_order_once(
     assert not redis_client.exists(keys.session("s1"), keys.staged("s1"))
 
 
-@pytest.mark.parametrize("relay_env", [{"GMS_URL": "http://127.0.0.1:9", "PAYLOAD_GAP_WAIT_MS": "200"}])
+# The gap wait must outlast the first burst's drain, which keeps polling for DRAIN_LINGER_S (0.15 s)
+# after its last commit: with 200 ms, a 50 ms stall on a loaded machine let that same drain skip the gap.
+@pytest.mark.parametrize("relay_env", [{"GMS_URL": "http://127.0.0.1:9", "PAYLOAD_GAP_WAIT_MS": "1000"}])
 def test_a_gap_holds_later_events_back_then_is_skipped(
     ingress: TestClient, burst: Burst, burst_until: BurstUntil, redis_client: redis.Redis
 ) -> None:

@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import hashlib
 import hmac
 import json
 import subprocess
+import threading
 from collections import defaultdict
 from collections.abc import Iterator
 
@@ -16,6 +18,8 @@ import redis
 from rq.job import Job
 from rq.registry import FailedJobRegistry
 from rq.serializers import JSONSerializer
+from starlette.applications import Starlette
+from starlette.types import ASGIApp, Receive, Scope, Send
 
 from shared import keys
 from shared.redis_server import RedisServer
@@ -23,6 +27,7 @@ from shared.stack import relay_command
 from simulator.receiver import Delivery, WebhookReceiver
 from tests.processes import RelayProcesses, relay_env, relay_processes, wait_for
 from tests.pushes import body, event, payload_message
+from workers.webhooks import WEBHOOK_CONCURRENCY
 
 pytestmark = [pytest.mark.e2e, pytest.mark.timeout(180)]
 
@@ -78,6 +83,36 @@ def ended_chats(receiver: WebhookReceiver) -> set[str]:
     return {d.json["data"]["sessionId"] for d in receiver.accepted() if d.json["type"] == "chat.ended"}
 
 
+class HeldReceiver(WebhookReceiver):
+    """A receiver as slow as a test needs: every webhook request waits until `release` is set."""
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        self.release = threading.Event()
+        self.holding = 0  # requests waiting right now (changed on the server's event loop only)
+
+    def app(self) -> Starlette:
+        app = super().app()
+        app.add_middleware(_Hold, receiver=self)
+        return app
+
+
+class _Hold:
+    def __init__(self, app: ASGIApp, receiver: HeldReceiver) -> None:
+        self.app = app
+        self.receiver = receiver
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "http" and scope["path"] == "/webhook":
+            self.receiver.holding += 1
+            try:
+                while not self.receiver.release.is_set():
+                    await asyncio.sleep(0.01)
+            finally:
+                self.receiver.holding -= 1
+        await self.app(scope, receive, send)
+
+
 def test_deliveries_are_signed_and_shaped_per_contract(
     redis_server: RedisServer, redis_client: redis.Redis, receiver: WebhookReceiver
 ) -> None:
@@ -109,7 +144,8 @@ def test_deliveries_are_signed_and_shaped_per_contract(
     assert first["data"]["deviceId"] == "d1" and first["data"]["nextPosition"] >= 3
     assert first["timestamp"].endswith("Z")
     assert chat[-1].json["data"] == {"deviceId": "d1", "sessionId": "s1", "reason": "chatEnded"}
-    [wakeup] = [d.json for d in deliveries if d.json["type"] == "device.wakeup"]
+    [wakeup] = [d.json for d in by_chat(deliveries)["~lonely"]]  # a retry repeats the same webhook-id
+    assert wakeup["type"] == "device.wakeup"
     assert wakeup["data"] == {"deviceId": "lonely", "text": "dummy message"}
 
 
@@ -209,19 +245,29 @@ def test_skip_failed_releases_the_chat(redis_server: RedisServer, redis_client: 
 
 
 def test_a_slow_endpoint_does_not_delay_another(redis_server: RedisServer, redis_client: redis.Redis) -> None:
-    slow, fast = WebhookReceiver(delay_s=2.0), WebhookReceiver()
+    # The slow endpoint answers nothing until the fast one has every chat, so "the fast one finished
+    # first" does not depend on how fast a loaded machine runs (a fixed delay did, with a margin of
+    # seconds); its requests outlast the wait, so they hold their slots rather than time out.
+    workers = 2
+    slow, fast = HeldReceiver(), WebhookReceiver()
     slow.start()
     fast.start()
+    env = env_for(redis_server, slow.url, fast.url, WEBHOOK_TIMEOUT_MS="170000")
     try:
-        with relay_processes(env_for(redis_server, slow.url, fast.url), workers=2) as relay:
-            for chat in range(20):
-                post(relay, body(payload_message([event(1)], chat_id=f"c{chat}"), f"d{chat}"))
-                post(relay, body(payload_message([event(2)], chat_id=f"c{chat}", ended=True), f"d{chat}"))
-            wait_for(lambda: len(ended_chats(fast)) == 20)
-            slow_done = len(ended_chats(slow))
+        with relay_processes(env, workers=workers) as relay:
+            try:
+                for chat in range(20):
+                    post(relay, body(payload_message([event(1)], chat_id=f"c{chat}"), f"d{chat}"))
+                # Every slot the slow endpoint can get, in every worker, is now taken by a stalled request.
+                wait_for(lambda: slow.holding == workers * WEBHOOK_CONCURRENCY)
+                for chat in range(20):
+                    post(relay, body(payload_message([event(2)], chat_id=f"c{chat}", ended=True), f"d{chat}"))
+                wait_for(lambda: len(ended_chats(fast)) == 20)
+                assert slow.holding == workers * WEBHOOK_CONCURRENCY and slow.deliveries == []
+            finally:
+                slow.release.set()
             wait_for(lambda: len(ended_chats(slow)) == 20, timeout_s=60)
     finally:
         slow.stop()
         fast.stop()
-    assert slow_done < 20  # the fast endpoint finished while the slow one was still busy
     assert json.loads(fast.accepted()[0].body)["type"] == "chat.events"
