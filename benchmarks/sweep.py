@@ -236,7 +236,7 @@ def targets_table(document: dict[str, Any]) -> list[str]:
                 f"cache {_kib(expired['used_memory_scripts'] - base['used_memory_scripts'])}); sink streams "
                 f"excluded, markers after their TTLs ({MARKER_TTL_S} s in this check) "
                 "| yes for the pipeline's state; the sink streams (7 days) and the markers "
-                "(`DEDUPE_TTL_S` 1 h, `ENDED_TTL_S` 24 h by default) stay until their TTLs |"
+                "(`DEDUPE_TTL_S` 10 min, `ENDED_TTL_S` 24 h by default) stay until their TTLs |"
             )
     return lines
 
