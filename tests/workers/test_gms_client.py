@@ -4,9 +4,14 @@ misbehave the ways a real network does (stale keep-alive, silence, huge replies,
 from __future__ import annotations
 
 import json
+import shutil
 import socket
+import ssl
+import subprocess
 import threading
 from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Protocol
 
 import httpx
 import pytest
@@ -30,15 +35,21 @@ def reply(status: int = 200, body: bytes = OK_BODY, extra: str = "") -> bytes:
     return head.encode() + body
 
 
+class ServerFactory(Protocol):
+    def __call__(self, answer: Reply, tls: ssl.SSLContext | None = None) -> RawServer: ...
+
+
 class RawServer:
     """A loopback HTTP server written on sockets, so each test decides exactly what the wire carries."""
 
-    def __init__(self, answer: Reply) -> None:
+    def __init__(self, answer: Reply, tls: ssl.SSLContext | None = None) -> None:
         self.answer = answer
+        self.tls = tls
         self.requests: list[bytes] = []
         self.connections = 0
         self.sock = socket.create_server(("127.0.0.1", 0))
-        self.url = f"http://127.0.0.1:{self.sock.getsockname()[1]}"
+        scheme = "https" if tls else "http"
+        self.url = f"{scheme}://127.0.0.1:{self.sock.getsockname()[1]}"
         self._stop = threading.Event()
         self._threads = [threading.Thread(target=self._accept, daemon=True)]
         self._threads[0].start()
@@ -55,6 +66,12 @@ class RawServer:
             thread.start()
 
     def _serve(self, conn: socket.socket) -> None:
+        if self.tls is not None:
+            try:
+                conn = self.tls.wrap_socket(conn, server_side=True)
+            except (ssl.SSLError, OSError):
+                conn.close()
+                return  # the client refused our certificate
         with conn:
             buffer, served = b"", 0
             while not self._stop.is_set():
@@ -88,11 +105,11 @@ class RawServer:
 
 
 @pytest.fixture
-def raw_server() -> Iterator[Callable[[Reply], RawServer]]:
+def raw_server() -> Iterator[ServerFactory]:
     servers: list[RawServer] = []
 
-    def start(answer: Reply) -> RawServer:
-        servers.append(RawServer(answer))
+    def start(answer: Reply, tls: ssl.SSLContext | None = None) -> RawServer:
+        servers.append(RawServer(answer, tls))
         return servers[-1]
 
     yield start
@@ -126,7 +143,7 @@ def test_refresh_reads_the_transcript_from_the_simulator(chat_server: ChatServer
 
 
 def test_a_connection_the_server_closed_meanwhile_is_reopened(
-    raw_server: Callable[[Reply], RawServer],
+    raw_server: ServerFactory,
 ) -> None:
     # Each connection serves one request, then the server hangs up without `Connection: close`.
     server = raw_server(lambda n: reply() if n == 0 else None)
@@ -139,7 +156,7 @@ def test_a_connection_the_server_closed_meanwhile_is_reopened(
     assert server.connections >= 3
 
 
-def test_keep_alive_reuses_one_connection(raw_server: Callable[[Reply], RawServer]) -> None:
+def test_keep_alive_reuses_one_connection(raw_server: ServerFactory) -> None:
     server = raw_server(lambda n: reply())
     api = ChatApi(server.url, timeout_s=5)
     try:
@@ -153,7 +170,7 @@ def test_keep_alive_reuses_one_connection(raw_server: Callable[[Reply], RawServe
     assert first.endswith(b"userId=u1&secureKey=k1&alias=117&transcriptPosition=0")
 
 
-def test_silence_is_a_timeout_to_retry(raw_server: Callable[[Reply], RawServer]) -> None:
+def test_silence_is_a_timeout_to_retry(raw_server: ServerFactory) -> None:
     server = raw_server(lambda n: b"")
     api = ChatApi(server.url, timeout_s=0.2)
     try:
@@ -174,7 +191,7 @@ def test_silence_is_a_timeout_to_retry(raw_server: Callable[[Reply], RawServer])
     ],
 )
 def test_bad_replies_map_to_retry_or_fatal(
-    raw_server: Callable[[Reply], RawServer], answer: bytes, verdict: RefreshVerdict, reason: str
+    raw_server: ServerFactory, answer: bytes, verdict: RefreshVerdict, reason: str
 ) -> None:
     server = raw_server(lambda n: answer)
     api = ChatApi(server.url, timeout_s=5)
@@ -185,7 +202,7 @@ def test_bad_replies_map_to_retry_or_fatal(
     assert (result.verdict, result.reason) == (verdict, reason)
 
 
-def test_replies_are_bounded(raw_server: Callable[[Reply], RawServer]) -> None:
+def test_replies_are_bounded(raw_server: ServerFactory) -> None:
     server = raw_server(lambda n: reply(200, b"x" * 5000))
     client = FormClient(server.url, timeout_s=5, max_reply_bytes=4096)
     try:
@@ -198,7 +215,7 @@ def test_replies_are_bounded(raw_server: Callable[[Reply], RawServer]) -> None:
     assert server.connections == 2
 
 
-def test_cookies_are_never_sent_back(raw_server: Callable[[Reply], RawServer]) -> None:
+def test_cookies_are_never_sent_back(raw_server: ServerFactory) -> None:
     server = raw_server(lambda n: reply(extra="Set-Cookie: JSESSIONID=chat-one; Path=/\r\n"))
     api = ChatApi(server.url + "/gms-prefix/", timeout_s=5)
     try:
@@ -208,3 +225,30 @@ def test_cookies_are_never_sent_back(raw_server: Callable[[Reply], RawServer]) -
         api.close()
     assert server.requests[1].startswith(b"POST /gms-prefix/genesys/2/chat/customer-support/s2/refresh ")
     assert b"cookie" not in server.requests[1].lower()
+
+
+@pytest.mark.skipif(shutil.which("openssl") is None, reason="needs the openssl command")
+def test_https_is_verified_against_the_configured_ca(
+    raw_server: ServerFactory, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    cert, key = tmp_path / "cert.pem", tmp_path / "key.pem"
+    command = "openssl req -x509 -newkey rsa:2048 -nodes -days 1 -subj /CN=gms"
+    command += " -addext subjectAltName=IP:127.0.0.1"
+    subprocess.run(
+        [*command.split(), "-keyout", str(key), "-out", str(cert)],
+        check=True,
+        capture_output=True,
+    )
+    tls = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    tls.load_cert_chain(cert, key)
+    server = raw_server(lambda n: reply(), tls)
+    untrusted = ChatApi(server.url, timeout_s=5).refresh(SERVICE, "s1", CREDS, 1)
+    monkeypatch.setenv("SSL_CERT_FILE", str(cert))  # how an operator trusts a private CA
+    api = ChatApi(server.url, timeout_s=5)
+    try:
+        trusted = api.refresh(SERVICE, "s1", CREDS, 1)
+    finally:
+        api.close()
+    assert (untrusted.verdict, untrusted.reason) == (RefreshVerdict.RETRY, "SSLCertVerificationError")
+    assert trusted.verdict is RefreshVerdict.OK
+    assert server.requests[-1].startswith(b"POST /genesys/2/chat/customer-support/s1/refresh ")
