@@ -8,16 +8,67 @@ the CI machine), and every refresh thread keeps its own connection, so no pool l
 from __future__ import annotations
 
 import http.client
+import select
 import ssl
 import threading
+import time
 from urllib.parse import urlencode, urlsplit
 
 # A Refresh reply holds a page of transcript; anything this big is not one.
 MAX_REPLY_BYTES = 8 * 1024 * 1024
 
-# Errors that mean "the kept-alive connection was closed by the server meanwhile": safe to resend once,
-# since nothing was answered on it.
-_STALE = (http.client.RemoteDisconnected, ConnectionResetError, BrokenPipeError, ConnectionAbortedError)
+# A kept-alive connection idle this long is closed rather than reused: a NAT or load balancer may have
+# dropped it silently (httpx's keepalive_expiry was 5 s).
+IDLE_EXPIRY_S = 4.0
+
+# Errors that mean "the kept-alive connection was closed meanwhile, before any reply". The request is
+# sent once more on a fresh connection: the server may have seen it, which is harmless for Refresh (a
+# read from a transcript position that a retry would repeat anyway).
+_STALE = (
+    http.client.RemoteDisconnected,
+    ConnectionResetError,
+    BrokenPipeError,
+    ConnectionAbortedError,
+    ssl.SSLEOFError,
+    ssl.SSLZeroReturnError,
+)
+
+
+_MAX_LINE = 65536  # http.client's own limits
+_MAX_INTERIM_HEADERS = 100
+
+
+class _Response(http.client.HTTPResponse):
+    """http.client's response, made strict where it is lax: interim 1xx replies (103 Early Hints, 102)
+    are skipped, not taken for the answer, which would leave the real reply on the socket for the next
+    request to read; negative chunk sizes are refused (-1 would read to EOF, unbounded)."""
+
+    def _read_status(self) -> tuple[str, int, str]:
+        while True:
+            status: tuple[str, int, str] = super()._read_status()  # type: ignore[misc]
+            if not 102 <= status[1] < 200:  # 100 Continue is skipped by http.client itself
+                return status
+            self._skip_headers()
+
+    def _skip_headers(self) -> None:
+        assert self.fp is not None
+        for _ in range(_MAX_INTERIM_HEADERS):
+            line = self.fp.readline(_MAX_LINE + 1)
+            if len(line) > _MAX_LINE:
+                raise http.client.LineTooLong("interim reply header")
+            if line in (b"\r\n", b"\n", b""):
+                return
+        raise http.client.HTTPException(f"more than {_MAX_INTERIM_HEADERS} interim reply headers")
+
+    def _read_next_chunk_size(self) -> int:
+        size: int = super()._read_next_chunk_size()  # type: ignore[misc]
+        if size < 0:
+            raise ValueError("negative chunk size")  # http.client reports it as IncompleteRead
+        return size
+
+
+class BadReply(http.client.HTTPException):
+    """The reply broke HTTP framing in a way http.client reports as a plain ValueError or worse."""
 
 
 class ReplyTooLarge(http.client.HTTPException):
@@ -54,6 +105,8 @@ class FormClient:
             "User-Agent": "gms-push-relay",
         }
         conn = self._connection()
+        if conn.sock is not None and not _reusable(conn):
+            conn.close()
         reused = conn.sock is not None
         try:
             return self._exchange(conn, self.path_prefix + path, body, headers)
@@ -62,18 +115,18 @@ class FormClient:
             if not reused:
                 raise
             return self._resend(conn, self.path_prefix + path, body, headers)
-        except BaseException:
+        except BaseException as exc:
             conn.close()  # a half-read reply must never be mistaken for the next one
-            raise
+            raise _transport_error(exc) from None
 
     def _resend(
         self, conn: http.client.HTTPConnection, url: str, body: bytes, headers: dict[str, str]
     ) -> tuple[int, bytes]:
         try:
             return self._exchange(conn, url, body, headers)
-        except BaseException:
+        except BaseException as exc:
             conn.close()
-            raise
+            raise _transport_error(exc) from None
 
     def _exchange(
         self, conn: http.client.HTTPConnection, url: str, body: bytes, headers: dict[str, str]
@@ -83,10 +136,12 @@ class FormClient:
         data = reply.read(self._max_reply_bytes + 1)
         if len(data) > self._max_reply_bytes:
             raise ReplyTooLarge(f"reply larger than {self._max_reply_bytes} bytes")
-        if not reply.isclosed():
-            reply.read()  # drain the (empty) rest so the connection can be reused
-        if reply.will_close:
-            conn.close()
+        if reply.length:  # fewer bytes than Content-Length said: the peer closed early
+            raise http.client.IncompleteRead(data, reply.length)
+        if not reply.isclosed() or reply.will_close:
+            conn.close()  # never read an unbounded rest; an unframed reply ends the connection
+        else:
+            conn._idle_since = time.monotonic()  # type: ignore[attr-defined]
         return reply.status, data
 
     def _connection(self) -> http.client.HTTPConnection:
@@ -98,6 +153,7 @@ class FormClient:
                 )
             else:
                 conn = http.client.HTTPConnection(self._host, self._port, timeout=self._timeout_s)
+            conn.response_class = _Response
             self._local.conn = conn
             with self._lock:
                 self._open.add(conn)
@@ -108,3 +164,28 @@ class FormClient:
             connections, self._open = self._open, set()
         for conn in connections:
             conn.close()
+
+
+def _reusable(conn: http.client.HTTPConnection) -> bool:
+    """Not idle too long, and nothing waiting on the socket: an EOF, or bytes nobody asked for (a stray
+    reply, or the final reply after an interim 1xx that http.client took for the answer), which the next
+    request would otherwise read as its own."""
+    if time.monotonic() - getattr(conn, "_idle_since", 0.0) > IDLE_EXPIRY_S:
+        return False
+    sock = conn.sock
+    if isinstance(sock, ssl.SSLSocket) and sock.pending():
+        return False
+    poller = select.poll()
+    poller.register(sock, select.POLLIN)
+    return not poller.poll(0)
+
+
+def _transport_error(exc: BaseException) -> BaseException:
+    """What a caller may catch: OSError and HTTPException pass through (an ssl.SSLCertVerificationError is
+    both an OSError and a ValueError); ValueError, OverflowError and MemoryError from a malformed reply
+    become BadReply."""
+    if isinstance(exc, (OSError, http.client.HTTPException)):
+        return exc
+    if isinstance(exc, (ValueError, OverflowError, MemoryError)):
+        return BadReply(type(exc).__name__)
+    return exc

@@ -3,6 +3,8 @@ misbehave the ways a real network does (stale keep-alive, silence, huge replies,
 
 from __future__ import annotations
 
+import contextlib
+import http.client
 import json
 import shutil
 import socket
@@ -16,16 +18,20 @@ from typing import Protocol
 import httpx
 import pytest
 
+from shared import form_client
 from shared.form_client import FormClient, ReplyTooLarge
-from shared.gms import ChatApi, Credentials, RefreshVerdict
+from shared.gms import ChatApi, Credentials, RefreshResult, RefreshVerdict
 from simulator.scenario import open_chat
 from simulator.server import ChatServer
 from simulator.transcript import EventSpec
+from tests.processes import wait_for
 
 SERVICE = "customer-support"
 OK_BODY = b'{"statusCode":0,"chatEnded":false,"messages":[],"nextPosition":1}'
 
-Reply = Callable[[int], bytes | None]  # request number on this connection -> raw reply, None = hang up
+# Request number on this connection -> the raw reply; a list is sent in parts, 0.1 s apart (as separate
+# TCP segments); None = hang up.
+Reply = Callable[[int], bytes | list[bytes] | None]
 
 
 def reply(status: int = 200, body: bytes = OK_BODY, extra: str = "") -> bytes:
@@ -47,6 +53,7 @@ class RawServer:
         self.tls = tls
         self.requests: list[bytes] = []
         self.connections = 0
+        self.parts_sent = 0
         self.sock = socket.create_server(("127.0.0.1", 0))
         scheme = "https" if tls else "http"
         self.url = f"{scheme}://127.0.0.1:{self.sock.getsockname()[1]}"
@@ -66,6 +73,10 @@ class RawServer:
             thread.start()
 
     def _serve(self, conn: socket.socket) -> None:
+        with contextlib.suppress(OSError):  # the client may hang up (or reset) at any point
+            self._converse(conn)
+
+    def _converse(self, conn: socket.socket) -> None:
         if self.tls is not None:
             try:
                 conn = self.tls.wrap_socket(conn, server_side=True)
@@ -94,7 +105,13 @@ class RawServer:
                 served += 1
                 if answer is None:
                     return  # hang up without a word
-                if answer:
+                if isinstance(answer, list):
+                    for i, part in enumerate(answer):
+                        if i:
+                            self._stop.wait(0.1)
+                        conn.sendall(part)
+                        self.parts_sent += 1
+                elif answer:
                     conn.sendall(answer)
                 else:
                     self._stop.wait(30)  # say nothing at all
@@ -252,3 +269,80 @@ def test_https_is_verified_against_the_configured_ca(
     assert (untrusted.verdict, untrusted.reason) == (RefreshVerdict.RETRY, "SSLCertVerificationError")
     assert trusted.verdict is RefreshVerdict.OK
     assert server.requests[-1].startswith(b"POST /genesys/2/chat/customer-support/s1/refresh ")
+
+
+def alias_of(result: RefreshResult) -> str | int | None:
+    return result.response.alias if result.response is not None else None
+
+
+def own_reply(server: RawServer) -> bytes:
+    """A reply naming the chat of the request it answers (as its alias)."""
+    chat = server.requests[-1].split(b"/")[5]  # POST /genesys/2/chat/{service}/{chat}/refresh
+    return reply(body=b'{"statusCode":0,"alias":"%s","messages":[]}' % chat)
+
+
+def test_interim_1xx_replies_are_skipped(raw_server: ServerFactory) -> None:
+    # http.client only skips 100 Continue: a 103 taken for the answer would leave the real reply on the
+    # socket, to be read by the next request, for another chat.
+    early_hints = b"HTTP/1.1 103 Early Hints\r\nLink: </style.css>; rel=preload\r\n\r\n"
+    server = raw_server(lambda n: [early_hints, own_reply(server)] if n == 0 else own_reply(server))
+    api = ChatApi(server.url, timeout_s=5)
+    try:
+        results = [api.refresh(SERVICE, chat, CREDS, 1) for chat in ("a", "b")]
+    finally:
+        api.close()
+    assert [(r.verdict, alias_of(r)) for r in results] == [(RefreshVerdict.OK, "a"), (RefreshVerdict.OK, "b")]
+
+
+def test_a_stray_reply_on_an_idle_connection_is_never_taken_for_the_next_one(
+    raw_server: ServerFactory,
+) -> None:
+    stray = b"HTTP/1.1 408 Request Timeout\r\nContent-Length: 0\r\n\r\n"
+    server = raw_server(lambda n: [own_reply(server), stray])
+    api = ChatApi(server.url, timeout_s=5)
+    try:
+        first = api.refresh(SERVICE, "a", CREDS, 1)
+        wait_for(lambda: server.parts_sent == 2)  # the stray reply now waits on the idle connection
+        second = api.refresh(SERVICE, "b", CREDS, 1)
+    finally:
+        api.close()
+    assert (alias_of(first), second.verdict, alias_of(second)) == ("a", RefreshVerdict.OK, "b")
+    assert server.connections == 2
+
+
+@pytest.mark.parametrize(
+    "answer",
+    [
+        b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n-1\r\n" + b"x" * 10000,
+        b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n-ffffffffffffffffffff\r\n",
+        b"HTTP/1.1 200 OK\r\nContent-Length: 1099511627776\r\n\r\n{}",
+    ],
+    ids=["negative-chunk", "huge-negative-chunk", "huge-content-length"],
+)
+def test_broken_framing_is_a_retry_not_a_crash(raw_server: ServerFactory, answer: bytes) -> None:
+    server = raw_server(lambda n: answer)
+    client = FormClient(server.url, timeout_s=0.5, max_reply_bytes=4096)
+    try:
+        with pytest.raises((http.client.HTTPException, OSError)):
+            client.post_form("/refresh", {"a": "b"})
+    finally:
+        client.close()
+    api = ChatApi(server.url, timeout_s=0.5)
+    try:
+        assert api.refresh(SERVICE, "s1", CREDS, 1).verdict is RefreshVerdict.RETRY
+    finally:
+        api.close()
+
+
+def test_idle_connections_are_not_reused_past_their_expiry(
+    raw_server: ServerFactory, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(form_client, "IDLE_EXPIRY_S", 0.0)  # every connection has been idle too long
+    server = raw_server(lambda n: reply())
+    api = ChatApi(server.url, timeout_s=5)
+    try:
+        verdicts = [api.refresh(SERVICE, "s1", CREDS, 1).verdict for _ in range(3)]
+    finally:
+        api.close()
+    assert verdicts == [RefreshVerdict.OK] * 3
+    assert server.connections == 3
