@@ -7,12 +7,13 @@ the CI machine), and every refresh thread keeps its own connection, so no pool l
 
 from __future__ import annotations
 
+import base64
 import http.client
 import select
 import ssl
 import threading
 import time
-from urllib.parse import urlencode, urlsplit
+from urllib.parse import unquote, urlencode, urlsplit
 
 # A Refresh reply holds a page of transcript; anything this big is not one.
 MAX_REPLY_BYTES = 8 * 1024 * 1024
@@ -91,6 +92,10 @@ class FormClient:
         self._host = parts.hostname
         self._port = parts.port
         self.path_prefix = parts.path.rstrip("/")
+        self._authorization: str | None = None  # `user:password@` in the URL: HTTP basic auth, as httpx did
+        if parts.username is not None:
+            pair = f"{unquote(parts.username)}:{unquote(parts.password or '')}"
+            self._authorization = "Basic " + base64.b64encode(pair.encode()).decode()
         self._timeout_s = timeout_s
         self._max_reply_bytes = max_reply_bytes
         self._local = threading.local()
@@ -104,6 +109,8 @@ class FormClient:
             "Accept": "application/json",
             "User-Agent": "gms-push-relay",
         }
+        if self._authorization is not None:
+            headers["Authorization"] = self._authorization
         conn = self._connection()
         if conn.sock is not None and not _reusable(conn):
             conn.close()

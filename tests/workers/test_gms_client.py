@@ -346,3 +346,13 @@ def test_idle_connections_are_not_reused_past_their_expiry(
         api.close()
     assert verdicts == [RefreshVerdict.OK] * 3
     assert server.connections == 3
+
+
+def test_credentials_in_the_url_are_sent_as_basic_auth(raw_server: ServerFactory) -> None:
+    server = raw_server(lambda n: reply())
+    api = ChatApi(server.url.replace("http://", "http://relay:p%40ss@"), timeout_s=5)
+    try:
+        assert api.refresh(SERVICE, "s1", CREDS, 1).verdict is RefreshVerdict.OK
+    finally:
+        api.close()
+    assert b"\r\nAuthorization: Basic cmVsYXk6cEBzcw==\r\n" in server.requests[0]  # relay:p@ss
