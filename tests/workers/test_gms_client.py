@@ -143,14 +143,11 @@ def test_refresh_reads_the_transcript_from_the_simulator(chat_server: ChatServer
     chat = chat_server.store.get(str(body["chatId"]))
     assert chat is not None
     chat_server.store.append(chat.chat_id, [EventSpec("Message", "agent", "hello")])
-    api = ChatApi(chat_server.base_url, timeout_s=5)
     creds = Credentials(user_id=chat.user_id, secure_key=chat.secure_key, alias=chat.alias)
-    try:
+    with contextlib.closing(ChatApi(chat_server.base_url, timeout_s=5)) as api:
         first = api.refresh(SERVICE, chat.chat_id, creds, 1)
         again = api.refresh(SERVICE, chat.chat_id, creds, 1)
         wrong_key = api.refresh(SERVICE, chat.chat_id, Credentials(chat.user_id, "nope", chat.alias), 1)
-    finally:
-        api.close()
     assert first.verdict is RefreshVerdict.OK and first.response is not None
     texts = [json.loads(bytes(m)).get("text") for m in first.response.messages]
     assert "hello" in texts
@@ -164,22 +161,16 @@ def test_a_connection_the_server_closed_meanwhile_is_reopened(
 ) -> None:
     # Each connection serves one request, then the server hangs up without `Connection: close`.
     server = raw_server(lambda n: reply() if n == 0 else None)
-    api = ChatApi(server.url, timeout_s=5)
-    try:
+    with contextlib.closing(ChatApi(server.url, timeout_s=5)) as api:
         verdicts = [api.refresh(SERVICE, "s1", CREDS, 1).verdict for _ in range(3)]
-    finally:
-        api.close()
     assert verdicts == [RefreshVerdict.OK] * 3
     assert server.connections >= 3
 
 
 def test_keep_alive_reuses_one_connection(raw_server: ServerFactory) -> None:
     server = raw_server(lambda n: reply())
-    api = ChatApi(server.url, timeout_s=5)
-    try:
+    with contextlib.closing(ChatApi(server.url, timeout_s=5)) as api:
         results = [api.refresh(SERVICE, "s/1", CREDS, n) for n in range(5)]
-    finally:
-        api.close()
     assert {r.verdict for r in results} == {RefreshVerdict.OK}
     assert server.connections == 1
     first = server.requests[0]
@@ -189,11 +180,8 @@ def test_keep_alive_reuses_one_connection(raw_server: ServerFactory) -> None:
 
 def test_silence_is_a_timeout_to_retry(raw_server: ServerFactory) -> None:
     server = raw_server(lambda n: b"")
-    api = ChatApi(server.url, timeout_s=0.2)
-    try:
+    with contextlib.closing(ChatApi(server.url, timeout_s=0.2)) as api:
         result = api.refresh(SERVICE, "s1", CREDS, 1)
-    finally:
-        api.close()
     assert (result.verdict, result.reason) == (RefreshVerdict.RETRY, "timeout")
 
 
@@ -211,35 +199,26 @@ def test_bad_replies_map_to_retry_or_fatal(
     raw_server: ServerFactory, answer: bytes, verdict: RefreshVerdict, reason: str
 ) -> None:
     server = raw_server(lambda n: answer)
-    api = ChatApi(server.url, timeout_s=5)
-    try:
+    with contextlib.closing(ChatApi(server.url, timeout_s=5)) as api:
         result = api.refresh(SERVICE, "s1", CREDS, 1)
-    finally:
-        api.close()
     assert (result.verdict, result.reason) == (verdict, reason)
 
 
 def test_replies_are_bounded(raw_server: ServerFactory) -> None:
     server = raw_server(lambda n: reply(200, b"x" * 5000))
-    client = FormClient(server.url, timeout_s=5, max_reply_bytes=4096)
-    try:
+    with contextlib.closing(FormClient(server.url, timeout_s=5, max_reply_bytes=4096)) as client:
         with pytest.raises(ReplyTooLarge):
             client.post_form("/refresh", {"a": "b"})
         server.answer = lambda n: reply()
         assert client.post_form("/refresh", {"a": "b"}) == (200, OK_BODY)  # a fresh connection
-    finally:
-        client.close()
     assert server.connections == 2
 
 
 def test_cookies_are_never_sent_back(raw_server: ServerFactory) -> None:
     server = raw_server(lambda n: reply(extra="Set-Cookie: JSESSIONID=chat-one; Path=/\r\n"))
-    api = ChatApi(server.url + "/gms-prefix/", timeout_s=5)
-    try:
+    with contextlib.closing(ChatApi(server.url + "/gms-prefix/", timeout_s=5)) as api:
         api.refresh(SERVICE, "s1", CREDS, 1)
         api.refresh(SERVICE, "s2", CREDS, 1)
-    finally:
-        api.close()
     assert server.requests[1].startswith(b"POST /gms-prefix/genesys/2/chat/customer-support/s2/refresh ")
     assert b"cookie" not in server.requests[1].lower()
 
@@ -259,13 +238,11 @@ def test_https_is_verified_against_the_configured_ca(
     tls = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
     tls.load_cert_chain(cert, key)
     server = raw_server(lambda n: reply(), tls)
-    untrusted = ChatApi(server.url, timeout_s=5).refresh(SERVICE, "s1", CREDS, 1)
+    with contextlib.closing(ChatApi(server.url, timeout_s=5)) as api:
+        untrusted = api.refresh(SERVICE, "s1", CREDS, 1)
     monkeypatch.setenv("SSL_CERT_FILE", str(cert))  # how an operator trusts a private CA
-    api = ChatApi(server.url, timeout_s=5)
-    try:
+    with contextlib.closing(ChatApi(server.url, timeout_s=5)) as api:
         trusted = api.refresh(SERVICE, "s1", CREDS, 1)
-    finally:
-        api.close()
     assert (untrusted.verdict, untrusted.reason) == (RefreshVerdict.RETRY, "SSLCertVerificationError")
     assert trusted.verdict is RefreshVerdict.OK
     assert server.requests[-1].startswith(b"POST /genesys/2/chat/customer-support/s1/refresh ")
@@ -286,11 +263,8 @@ def test_interim_1xx_replies_are_skipped(raw_server: ServerFactory) -> None:
     # socket, to be read by the next request, for another chat.
     early_hints = b"HTTP/1.1 103 Early Hints\r\nLink: </style.css>; rel=preload\r\n\r\n"
     server = raw_server(lambda n: [early_hints, own_reply(server)] if n == 0 else own_reply(server))
-    api = ChatApi(server.url, timeout_s=5)
-    try:
+    with contextlib.closing(ChatApi(server.url, timeout_s=5)) as api:
         results = [api.refresh(SERVICE, chat, CREDS, 1) for chat in ("a", "b")]
-    finally:
-        api.close()
     assert [(r.verdict, alias_of(r)) for r in results] == [(RefreshVerdict.OK, "a"), (RefreshVerdict.OK, "b")]
 
 
@@ -299,13 +273,10 @@ def test_a_stray_reply_on_an_idle_connection_is_never_taken_for_the_next_one(
 ) -> None:
     stray = b"HTTP/1.1 408 Request Timeout\r\nContent-Length: 0\r\n\r\n"
     server = raw_server(lambda n: [own_reply(server), stray])
-    api = ChatApi(server.url, timeout_s=5)
-    try:
+    with contextlib.closing(ChatApi(server.url, timeout_s=5)) as api:
         first = api.refresh(SERVICE, "a", CREDS, 1)
         wait_for(lambda: server.parts_sent == 2)  # the stray reply now waits on the idle connection
         second = api.refresh(SERVICE, "b", CREDS, 1)
-    finally:
-        api.close()
     assert (alias_of(first), second.verdict, alias_of(second)) == ("a", RefreshVerdict.OK, "b")
     assert server.connections == 2
 
@@ -321,17 +292,11 @@ def test_a_stray_reply_on_an_idle_connection_is_never_taken_for_the_next_one(
 )
 def test_broken_framing_is_a_retry_not_a_crash(raw_server: ServerFactory, answer: bytes) -> None:
     server = raw_server(lambda n: answer)
-    client = FormClient(server.url, timeout_s=0.5, max_reply_bytes=4096)
-    try:
+    with contextlib.closing(FormClient(server.url, timeout_s=0.5, max_reply_bytes=4096)) as client:
         with pytest.raises((http.client.HTTPException, OSError)):
             client.post_form("/refresh", {"a": "b"})
-    finally:
-        client.close()
-    api = ChatApi(server.url, timeout_s=0.5)
-    try:
+    with contextlib.closing(ChatApi(server.url, timeout_s=0.5)) as api:
         assert api.refresh(SERVICE, "s1", CREDS, 1).verdict is RefreshVerdict.RETRY
-    finally:
-        api.close()
 
 
 def test_idle_connections_are_not_reused_past_their_expiry(
@@ -339,20 +304,16 @@ def test_idle_connections_are_not_reused_past_their_expiry(
 ) -> None:
     monkeypatch.setattr(form_client, "IDLE_EXPIRY_S", 0.0)  # every connection has been idle too long
     server = raw_server(lambda n: reply())
-    api = ChatApi(server.url, timeout_s=5)
-    try:
+    with contextlib.closing(ChatApi(server.url, timeout_s=5)) as api:
         verdicts = [api.refresh(SERVICE, "s1", CREDS, 1).verdict for _ in range(3)]
-    finally:
-        api.close()
     assert verdicts == [RefreshVerdict.OK] * 3
     assert server.connections == 3
 
 
 def test_credentials_in_the_url_are_sent_as_basic_auth(raw_server: ServerFactory) -> None:
     server = raw_server(lambda n: reply())
-    api = ChatApi(server.url.replace("http://", "http://relay:p%40ss@"), timeout_s=5)
-    try:
+    with contextlib.closing(
+        ChatApi(server.url.replace("http://", "http://relay:p%40ss@"), timeout_s=5)
+    ) as api:
         assert api.refresh(SERVICE, "s1", CREDS, 1).verdict is RefreshVerdict.OK
-    finally:
-        api.close()
     assert b"\r\nAuthorization: Basic cmVsYXk6cEBzcw==\r\n" in server.requests[0]  # relay:p@ss
