@@ -110,19 +110,10 @@ def serve_baseline(kind: str, port: int, redis_url: str) -> None:
     """Serve a baseline with the ingress's uvicorn settings (ingress/server.py): only the app differs."""
     import uvicorn
 
+    from ingress.server import uvicorn_options
+
     app = floor_app(redis_url) if kind == "floor" else naive_app(redis_url)
-    config = uvicorn.Config(
-        app,
-        host="127.0.0.1",
-        port=port,
-        loop="uvloop",
-        http="httptools",
-        access_log=False,
-        log_level="warning",
-        server_header=False,
-        date_header=False,
-    )
-    uvicorn.Server(config).run()
+    uvicorn.Server(uvicorn.Config(app, **uvicorn_options("127.0.0.1", port))).run()
 
 
 class Server:

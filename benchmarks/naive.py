@@ -84,18 +84,9 @@ def serve(port: int, redis_url: str) -> None:
     """Serve the app with the real ingress's uvicorn settings (ingress/server.py)."""
     import uvicorn
 
-    config = uvicorn.Config(
-        create_app(redis_url),
-        host="127.0.0.1",
-        port=port,
-        loop="uvloop",
-        http="httptools",
-        access_log=False,
-        log_level="warning",
-        server_header=False,
-        date_header=False,
-    )
-    uvicorn.Server(config).run()
+    from ingress.server import uvicorn_options
+
+    uvicorn.Server(uvicorn.Config(create_app(redis_url), **uvicorn_options("127.0.0.1", port))).run()
 
 
 # --- the job -------------------------------------------------------------------------------------------

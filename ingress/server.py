@@ -22,10 +22,9 @@ def app_from_environment() -> object:
     return create_app(settings)
 
 
-def serve(settings: Settings, host: str = "0.0.0.0", port: int = 8080, processes: int = 1) -> None:
-    """Serve in this process, or in `processes` uvicorn processes sharing the port (several GMS nodes)."""
-    configure_logging(settings.log_level)
-    options: dict[str, Any] = {
+def uvicorn_options(host: str, port: int) -> dict[str, Any]:
+    """How the ingress runs uvicorn; the benchmarks' baseline servers use the same, so only apps differ."""
+    return {
         "host": host,
         "port": port,
         "loop": "uvloop",
@@ -37,6 +36,12 @@ def serve(settings: Settings, host: str = "0.0.0.0", port: int = 8080, processes
         "server_header": False,
         "date_header": False,
     }
+
+
+def serve(settings: Settings, host: str = "0.0.0.0", port: int = 8080, processes: int = 1) -> None:
+    """Serve in this process, or in `processes` uvicorn processes sharing the port (several GMS nodes)."""
+    configure_logging(settings.log_level)
+    options = uvicorn_options(host, port)
     if processes > 1:
         uvicorn.run("ingress.server:app_from_environment", factory=True, workers=processes, **options)
     else:
