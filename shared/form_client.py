@@ -115,24 +115,17 @@ class FormClient:
         if conn.sock is not None and not _reusable(conn):
             conn.close()
         reused = conn.sock is not None
+        url = self.path_prefix + path
         try:
-            return self._exchange(conn, self.path_prefix + path, body, headers)
-        except _STALE:
-            conn.close()
-            if not reused:
-                raise
-            return self._resend(conn, self.path_prefix + path, body, headers)
+            try:
+                return self._exchange(conn, url, body, headers)
+            except _STALE:
+                if not reused:
+                    raise
+                conn.close()
+                return self._exchange(conn, url, body, headers)  # once more, on a fresh connection
         except BaseException as exc:
             conn.close()  # a half-read reply must never be mistaken for the next one
-            raise _transport_error(exc) from None
-
-    def _resend(
-        self, conn: http.client.HTTPConnection, url: str, body: bytes, headers: dict[str, str]
-    ) -> tuple[int, bytes]:
-        try:
-            return self._exchange(conn, url, body, headers)
-        except BaseException as exc:
-            conn.close()
             raise _transport_error(exc) from None
 
     def _exchange(
@@ -175,8 +168,7 @@ class FormClient:
 
 def _reusable(conn: http.client.HTTPConnection) -> bool:
     """Not idle too long, and nothing waiting on the socket: an EOF, or bytes nobody asked for (a stray
-    reply, or the final reply after an interim 1xx that http.client took for the answer), which the next
-    request would otherwise read as its own."""
+    reply), which the next request would otherwise read as its own."""
     if time.monotonic() - getattr(conn, "_idle_since", 0.0) > IDLE_EXPIRY_S:
         return False
     sock = conn.sock
