@@ -3,6 +3,9 @@
 Refresh is the busiest outbound call a worker makes (hundreds a second). The standard library's
 `http.client` spends about a third of httpx's CPU per request here (~200 vs ~700 us measured on
 the CI machine), and every refresh thread keeps its own connection, so no pool lock is needed.
+
+`timeout_s` bounds a whole call, not each socket operation as http.client's own timeout does: a worker
+holds a chat's lease while its Refresh runs, and another worker may take the chat once the lease ends.
 """
 
 from __future__ import annotations
@@ -10,9 +13,11 @@ from __future__ import annotations
 import base64
 import http.client
 import select
+import socket
 import ssl
 import threading
 import time
+from typing import Any
 from urllib.parse import unquote, urlencode, urlsplit
 
 # A Refresh reply holds a page of transcript; anything this big is not one.
@@ -68,6 +73,106 @@ class _Response(http.client.HTTPResponse):
         return size
 
 
+class _Deadline:
+    """When the current call must be over; one per connection, set by each post_form, read by the
+    connection's socket before every step that can block."""
+
+    __slots__ = ("at",)
+
+    def __init__(self) -> None:
+        self.at = 0.0  # time.monotonic()
+
+    def remaining(self) -> float:
+        left = self.at - time.monotonic()
+        if left <= 0:
+            raise TimeoutError("timed out")  # what a socket timeout says
+        return left
+
+
+class _DeadlineSocket(socket.socket):
+    """A socket whose every recv and send may block only for what is left of the call's deadline.
+
+    http.client gives its timeout to the socket, which bounds each recv or send, not their sum: a server
+    dripping a byte every so often keeps a call alive for ever. Setting the timeout to the time remaining
+    before each step (a clock read and one ioctl, about a microsecond) bounds the sum, without a timer
+    thread. The steps CPython runs in C bound themselves by the timeout they start with, in total: the
+    connect, a plain sendall, and for TLS the whole handshake and each record read or write. The
+    arguments pass through untouched because socket and SSLSocket disagree on their defaults."""
+
+    deadline: _Deadline | None = None  # None until connected: SSLSocket's own setup probes with recv(1)
+
+    def recv(self, *args: Any, **kwargs: Any) -> bytes:
+        if self.deadline is not None:
+            self.settimeout(self.deadline.remaining())
+        return super().recv(*args, **kwargs)
+
+    def recv_into(self, *args: Any, **kwargs: Any) -> int:
+        if self.deadline is not None:
+            self.settimeout(self.deadline.remaining())
+        return super().recv_into(*args, **kwargs)
+
+    def send(self, *args: Any, **kwargs: Any) -> int:
+        if self.deadline is not None:
+            self.settimeout(self.deadline.remaining())
+        return super().send(*args, **kwargs)
+
+    def sendall(self, *args: Any, **kwargs: Any) -> None:
+        # SSLSocket.sendall loops over self.send, which sets the timeout again for each piece
+        if self.deadline is not None:
+            self.settimeout(self.deadline.remaining())
+        super().sendall(*args, **kwargs)
+
+
+class _DeadlineSSLSocket(_DeadlineSocket, ssl.SSLSocket):
+    """What our TLS context's wrap_socket returns (SSLContext.sslsocket_class)."""
+
+
+class _Connection(http.client.HTTPConnection):
+    """http.client's connection, opened and run within the deadline of the call using it."""
+
+    response_class = _Response
+
+    def __init__(self, host: str, port: int | None, **kwargs: Any) -> None:
+        super().__init__(host, port, **kwargs)
+        self.deadline = _Deadline()
+        self.idle_since = 0.0  # when its last reply ended (time.monotonic())
+        # http.client opens its socket through this hook (socket.create_connection by default)
+        self._create_connection = self._open_socket
+
+    def _open_socket(self, address: tuple[str, int], *_ignored: object) -> socket.socket:
+        """socket.create_connection, but all the addresses tried share what is left of the deadline.
+
+        Name resolution is the one step left unbounded: getaddrinfo takes no timeout, and bounding it
+        would cost a thread per connect. It runs only when a connection is opened, and the resolver's
+        own timeout (resolv.conf) bounds it."""
+        host, port = address
+        error: OSError = OSError(f"no address found for {host!r}")
+        for family, kind, proto, _, sockaddr in socket.getaddrinfo(host, port, type=socket.SOCK_STREAM):
+            sock = _DeadlineSocket(family, kind, proto)
+            try:
+                sock.settimeout(self.deadline.remaining())
+                sock.connect(sockaddr)
+                sock.settimeout(self.deadline.remaining())  # what the TLS handshake may still take
+                return sock
+            except TimeoutError:
+                sock.close()
+                raise  # the deadline has passed: no time for another address
+            except OSError as exc:
+                sock.close()
+                error = exc
+        raise error
+
+    def connect(self) -> None:
+        super().connect()  # over TLS, HTTPSConnection.connect makes the _DeadlineSSLSocket
+        sock = self.sock
+        assert isinstance(sock, _DeadlineSocket), "a TLS context without sslsocket_class set"
+        sock.deadline = self.deadline
+
+
+class _TLSConnection(_Connection, http.client.HTTPSConnection):
+    """The same over TLS (HTTPSConnection's connect wraps the socket _Connection opens)."""
+
+
 class BadReply(http.client.HTTPException):
     """The reply broke HTTP framing in a way http.client reports as a plain ValueError or worse."""
 
@@ -79,16 +184,21 @@ class ReplyTooLarge(http.client.HTTPException):
 class FormClient:
     """POST url-encoded forms to one origin; returns (status, body).
 
-    Raises TimeoutError when a connect, send or read step exceeds `timeout_s`, OSError or
-    http.client.HTTPException for other transport failures. No cookies, no redirects, no proxies:
-    GMS is reached directly, and a cookie GMS sets for one chat must never ride along with another.
+    Raises TimeoutError when the whole call (connect, TLS handshake, sending, the one resend on a stale
+    kept-alive connection, and reading the status line, headers and body) has not ended `timeout_s`
+    after it began, however the server paces its bytes; OSError or http.client.HTTPException for other
+    transport failures. No cookies, no redirects, no proxies: GMS is reached directly, and a cookie GMS
+    sets for one chat must never ride along with another.
     """
 
     def __init__(self, base_url: str, timeout_s: float, max_reply_bytes: int = MAX_REPLY_BYTES) -> None:
         parts = urlsplit(base_url)
         if parts.scheme not in ("http", "https") or not parts.hostname:
             raise ValueError(f"not an http(s) URL: {base_url!r}")
-        self._tls = ssl.create_default_context() if parts.scheme == "https" else None
+        self._tls: ssl.SSLContext | None = None
+        if parts.scheme == "https":
+            self._tls = ssl.create_default_context()
+            self._tls.sslsocket_class = _DeadlineSSLSocket
         self._host = parts.hostname
         self._port = parts.port
         self.path_prefix = parts.path.rstrip("/")
@@ -100,7 +210,7 @@ class FormClient:
         self._max_reply_bytes = max_reply_bytes
         self._local = threading.local()
         self._lock = threading.Lock()
-        self._open: set[http.client.HTTPConnection] = set()
+        self._open: set[_Connection] = set()
 
     def post_form(self, path: str, form: dict[str, str]) -> tuple[int, bytes]:
         body = urlencode(form).encode()
@@ -112,6 +222,7 @@ class FormClient:
         if self._authorization is not None:
             headers["Authorization"] = self._authorization
         conn = self._connection()
+        conn.deadline.at = time.monotonic() + self._timeout_s  # for everything below, the resend too
         if conn.sock is not None and not _reusable(conn):
             conn.close()
         reused = conn.sock is not None
@@ -129,7 +240,7 @@ class FormClient:
             raise _transport_error(exc) from None
 
     def _exchange(
-        self, conn: http.client.HTTPConnection, url: str, body: bytes, headers: dict[str, str]
+        self, conn: _Connection, url: str, body: bytes, headers: dict[str, str]
     ) -> tuple[int, bytes]:
         conn.request("POST", url, body=body, headers=headers)
         reply = conn.getresponse()
@@ -141,19 +252,16 @@ class FormClient:
         if not reply.isclosed() or reply.will_close:
             conn.close()  # never read an unbounded rest; an unframed reply ends the connection
         else:
-            conn._idle_since = time.monotonic()  # type: ignore[attr-defined]
+            conn.idle_since = time.monotonic()
         return reply.status, data
 
-    def _connection(self) -> http.client.HTTPConnection:
-        conn: http.client.HTTPConnection | None = getattr(self._local, "conn", None)
+    def _connection(self) -> _Connection:
+        conn: _Connection | None = getattr(self._local, "conn", None)
         if conn is None:
             if self._tls is not None:
-                conn = http.client.HTTPSConnection(
-                    self._host, self._port, timeout=self._timeout_s, context=self._tls
-                )
+                conn = _TLSConnection(self._host, self._port, context=self._tls)
             else:
-                conn = http.client.HTTPConnection(self._host, self._port, timeout=self._timeout_s)
-            conn.response_class = _Response
+                conn = _Connection(self._host, self._port)
             self._local.conn = conn
             with self._lock:
                 self._open.add(conn)
@@ -166,10 +274,10 @@ class FormClient:
             conn.close()
 
 
-def _reusable(conn: http.client.HTTPConnection) -> bool:
+def _reusable(conn: _Connection) -> bool:
     """Not idle too long, and nothing waiting on the socket: an EOF, or bytes nobody asked for (a stray
     reply), which the next request would otherwise read as its own."""
-    if time.monotonic() - getattr(conn, "_idle_since", 0.0) > IDLE_EXPIRY_S:
+    if time.monotonic() - conn.idle_since > IDLE_EXPIRY_S:
         return False
     sock = conn.sock
     if isinstance(sock, ssl.SSLSocket) and sock.pending():

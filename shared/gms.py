@@ -1,4 +1,5 @@
-"""Chat API v2 Refresh for the workers (keep-alive, with timeouts; see shared/form_client.py).
+"""Chat API v2 Refresh for the workers (keep-alive; `timeout_s` bounds each whole call, which the
+chat's lease relies on: see shared/form_client.py).
 
 Refresh uses the REST credentials (userId, secureKey from the trigger's userData or the session
 registry) and the newest alias; never the obfuscated `secureKey` member of a push message.

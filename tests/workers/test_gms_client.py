@@ -1,5 +1,6 @@
 """The Refresh client over real loopback sockets: the simulator's Chat API, and raw servers that
-misbehave the ways a real network does (stale keep-alive, silence, huge replies, cookies)."""
+misbehave the ways a real network does (stale keep-alive, silence, dripped replies, huge replies,
+cookies)."""
 
 from __future__ import annotations
 
@@ -11,6 +12,7 @@ import socket
 import ssl
 import subprocess
 import threading
+import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Protocol
@@ -30,8 +32,8 @@ SERVICE = "customer-support"
 OK_BODY = b'{"statusCode":0,"chatEnded":false,"messages":[],"nextPosition":1}'
 
 # Request number on this connection -> the raw reply; a list is sent in parts, 0.1 s apart (as separate
-# TCP segments); None = hang up.
-Reply = Callable[[int], bytes | list[bytes] | None]
+# TCP segments); None = hang up (also as a part of a list).
+Reply = Callable[[int], bytes | list[bytes | None] | None]
 
 
 def reply(status: int = 200, body: bytes = OK_BODY, extra: str = "") -> bytes:
@@ -109,6 +111,8 @@ class RawServer:
                     for i, part in enumerate(answer):
                         if i:
                             self._stop.wait(0.1)
+                        if part is None:
+                            return
                         conn.sendall(part)
                         self.parts_sent += 1
                 elif answer:
@@ -317,3 +321,90 @@ def test_credentials_in_the_url_are_sent_as_basic_auth(raw_server: ServerFactory
     ) as api:
         assert api.refresh(SERVICE, "s1", CREDS, 1).verdict is RefreshVerdict.OK
     assert b"\r\nAuthorization: Basic cmVsYXk6cEBzcw==\r\n" in server.requests[0]  # relay:p@ss
+
+
+# The deadline: `timeout_s` bounds the whole call. Each server below keeps every single read or write well
+# within the timeout, so only a bound on the sum ends the call in time (the old per-step timeout took 4 s
+# or more, and mostly returned the reply in the end).
+TIMEOUT_S = 0.3
+WITHIN_S = 1.5  # the timeout plus a generous allowance for a loaded machine
+
+
+def drip(data: bytes) -> list[bytes | None]:
+    """`data` one byte per part, so 0.1 s a byte."""
+    return [data[i : i + 1] for i in range(len(data))]
+
+
+def hang_up_after(seconds: float) -> list[bytes | None]:
+    return [b""] * round(seconds / 0.1) + [None]
+
+
+def assert_times_out(client: FormClient, within_s: float = WITHIN_S) -> None:
+    started = time.monotonic()
+    with pytest.raises(TimeoutError):
+        client.post_form("/refresh", {"a": "b"})
+    assert time.monotonic() - started < within_s
+
+
+@pytest.mark.parametrize(
+    "answer",
+    [
+        [*drip(b"HTTP/1.1 200 " + b"O" * 32 + b"\r\n"), b"Content-Length: 2\r\n\r\n{}"],
+        [b"HTTP/1.1 200 OK\r\n", *drip(b"X-Pad: " + b"p" * 33 + b"\r\n"), b"Content-Length: 2\r\n\r\n{}"],
+        [b"HTTP/1.1 200 OK\r\nContent-Length: 40\r\n\r\n", *drip(b"x" * 40)],
+        [b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n", *[b"1\r\nx\r\n"] * 40, b"0\r\n\r\n"],
+        [*[b"HTTP/1.1 103 Early Hints\r\n\r\n"] * 40, reply()],
+    ],
+    ids=["status-line", "headers", "content-length-body", "chunked-body", "interim-replies"],
+)
+def test_a_dripped_reply_cannot_stretch_the_call_past_its_timeout(
+    raw_server: ServerFactory, answer: list[bytes | None]
+) -> None:
+    server = raw_server(lambda n: answer)
+    with contextlib.closing(FormClient(server.url, timeout_s=TIMEOUT_S)) as client:
+        assert_times_out(client)
+        server.answer = lambda n: reply()
+        assert client.post_form("/refresh", {"a": "b"}) == (200, OK_BODY)  # the next call has its own
+    assert server.connections == 2  # the half-read connection was dropped
+
+
+@pytest.mark.parametrize("scheme", ["http", "https"])
+def test_a_server_that_accepts_and_never_answers_times_out_on_time(scheme: str) -> None:
+    listener = socket.create_server(("127.0.0.1", 0))  # the kernel accepts; nobody reads or answers
+    url = f"{scheme}://127.0.0.1:{listener.getsockname()[1]}"
+    with contextlib.closing(listener), contextlib.closing(FormClient(url, timeout_s=TIMEOUT_S)) as client:
+        assert_times_out(client)
+
+
+def test_a_dripped_tls_handshake_times_out_on_time() -> None:
+    # A TLS record header announcing 16 KiB, then its bytes one at a time: OpenSSL waits for the record.
+    listener = socket.create_server(("127.0.0.1", 0))
+
+    def serve() -> None:
+        with contextlib.suppress(OSError), listener.accept()[0] as conn:
+            conn.recv(65536)  # the ClientHello
+            conn.sendall(b"\x16\x03\x03\x40\x00")
+            for _ in range(40):
+                time.sleep(0.1)
+                conn.sendall(b"\x00")
+
+    thread = threading.Thread(target=serve, daemon=True)
+    thread.start()
+    url = f"https://127.0.0.1:{listener.getsockname()[1]}"
+    with contextlib.closing(listener), contextlib.closing(FormClient(url, timeout_s=TIMEOUT_S)) as client:
+        assert_times_out(client)
+
+
+def test_a_stale_connection_and_its_resend_share_one_deadline(raw_server: ServerFactory) -> None:
+    # The kept-alive connection takes 0.7 s to turn out stale, within the 1 s timeout; the resend then
+    # meets silence. Each exchange alone stays within the timeout, their sum (1.7 s) does not.
+    def answer(n: int) -> bytes | list[bytes | None] | None:
+        if server.connections == 1:
+            return reply() if n == 0 else hang_up_after(0.7)
+        return b""  # the resend, on a fresh connection: say nothing
+
+    server = raw_server(answer)
+    with contextlib.closing(FormClient(server.url, timeout_s=1.0)) as client:
+        assert client.post_form("/refresh", {"a": "b"}) == (200, OK_BODY)
+        assert_times_out(client, within_s=1.5)
+    assert (server.connections, len(server.requests)) == (2, 3)  # the resend was made
