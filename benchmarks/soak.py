@@ -4,7 +4,7 @@
     python benchmarks/soak.py --duration 60 --json x  # what CI runs (tests/test_soak.py)
 
 Markers and streams get short TTLs here so that a steady state exists within minutes; with the
-defaults the same plateau is reached once DEDUPE_TTL_S / ENDED_TTL_S / STREAM_TTL_S have elapsed.
+defaults the same plateau is reached once CHAT_STATE_TTL_S (ended markers) and STREAM_TTL_S have elapsed.
 """
 
 from __future__ import annotations
@@ -30,7 +30,7 @@ from simulator.scenario import ScenarioConfig, run_scenario  # noqa: E402
 from simulator.server import ChatServer  # noqa: E402
 from tests.processes import relay_env, relay_processes  # noqa: E402
 
-SHORT_TTLS = {"DEDUPE_TTL_S": "5", "ENDED_TTL_S": "5", "STREAM_TTL_S": "10", "SESSION_IDLE_TTL_S": "60"}
+SHORT_TTLS = {"CHAT_STATE_TTL_S": "5", "SESSION_IDLE_TTL_S": "5", "STREAM_TTL_S": "10"}
 
 
 @dataclass

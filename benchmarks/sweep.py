@@ -48,7 +48,7 @@ DOC = _ROOT / "docs" / "benchmarks.md"
 CHART = _ROOT / "docs" / "benchmark-sweep.png"
 BEGIN, END = "<!-- sweep:begin -->", "<!-- sweep:end -->"
 POINT_TIMEOUT_S = 330
-MARKER_TTL_S = 5  # DEDUPE_TTL_S and ENDED_TTL_S of the memory check
+MARKER_TTL_S = 5  # CHAT_STATE_TTL_S (ended markers) of the memory check
 QUIET_POLL_S = 5.0
 OTHER_BENCHMARK = "benchmarks/ingress.py"  # another benchmark sharing this machine
 LABELS = {"ours": "ours (drain jobs, coalesced Refresh)", "naive": "naive (RQ job per push, forking)"}
@@ -236,7 +236,7 @@ def targets_table(document: dict[str, Any]) -> list[str]:
                 f"cache {_kib(expired['used_memory_scripts'] - base['used_memory_scripts'])}); sink streams "
                 f"excluded, markers after their TTLs ({MARKER_TTL_S} s in this check) "
                 "| yes for the pipeline's state; the sink streams (7 days) and the markers "
-                "(`DEDUPE_TTL_S` 10 min, `ENDED_TTL_S` 24 h by default) stay until their TTLs |"
+                "(`CHAT_STATE_TTL_S`, 8 days by default) stay until their TTLs |"
             )
     return lines
 
@@ -439,7 +439,7 @@ def render(document: dict[str, Any]) -> str:
         *(
             [
                 f"Memory check (ours, {document['memory']['runs'][0]['offered_rate']:g} triggers/s, "
-                f"`DEDUPE_TTL_S` = `ENDED_TTL_S` = {MARKER_TTL_S} s so that they expire within the run):",
+                f"`CHAT_STATE_TTL_S` = {MARKER_TTL_S} s so that the ended markers expire within the run):",
                 "",
                 *memory_check_table(document["memory"]),
                 "",

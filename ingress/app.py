@@ -169,9 +169,11 @@ async def _pipeline_metrics(store: IngressStore) -> str:
     for queue in keys.QUEUES:
         pipe.llen(keys.rq_queue(queue))
         pipe.zcard(f"rq:failed:{queue}")
+    pipe.zcard(keys.PARKED)
     pipe.zcard(keys.DIRTY)
     results = await pipe.execute()
-    depths = {"chats_dirty": results[-1]}
+    # Parked: chats waiting for credentials (PUT /sessions); each emitted chat.credentials_required.
+    depths = {"chats_dirty": results[-1], "chats_parked": results[-2]}
     for i, queue in enumerate(keys.QUEUES):
         name = queue.replace("-", "_")
         depths[f'queue_depth{{queue="{name}"}}'] = results[1 + 2 * i]

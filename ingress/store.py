@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import itertools
-import os
+import secrets
 import time
 from hashlib import sha1
 
@@ -18,7 +18,6 @@ from shared.settings import Settings
 
 # GMS must never hang on us: answer 503 well inside 250 ms when Redis is gone or stuck.
 REDIS_DEADLINE_S = 0.2
-DRAIN_MARKER_TTL_MS = 1000
 
 
 class IngressStore:
@@ -34,16 +33,12 @@ class IngressStore:
             retry=None,
             max_connections=256,
         )
-        self.sources = ScriptSources.build().sources
+        self.sources = ScriptSources.build(settings).sources
         self.shas = {name: sha1(source.encode()).hexdigest() for name, source in self.sources.items()}
-        # Job ids unique across ingress processes without asking Redis: pid + random + counter.
-        self._job_prefix = f"drain-{os.getpid():x}{os.urandom(3).hex()}-"
+        # Job ids unique across ingress processes without asking Redis: 128 random bits per process
+        # (pids repeat: in containers every process is pid 1) and a counter.
+        self._job_prefix = f"drain-{secrets.token_hex(16)}-"
         self._job_counter = itertools.count()
-        self._ttls = (
-            str(settings.session_idle_ttl_s * 1000),
-            str(settings.dedupe_ttl_s * 1000),
-            str(DRAIN_MARKER_TTL_MS),
-        )
 
     def _job_id(self) -> str:
         return f"{self._job_prefix}{next(self._job_counter)}"
@@ -68,11 +63,16 @@ class IngressStore:
             "",
             str(time.time_ns() // 1_000_000),
             self._job_id(),
-            *self._ttls,
         ]
         if isinstance(note, Trigger):
             head[0], head[2] = "t", note.session_id or ""
-            head += [str(note.position), str(note.attempt), note.user_id or "", note.secure_key or ""]
+            head += [
+                str(note.position),
+                str(note.attempt),
+                note.user_id or "",
+                note.secure_key or "",
+                note.app_dbid or "",
+            ]
         elif isinstance(note, Payload):
             head[0], head[2] = "p", note.session_id or ""
             head += ["1" if note.chat_ended else "", note.alias or ""]
@@ -93,8 +93,6 @@ class IngressStore:
             reg.service or "",
             str(time.time_ns() // 1_000_000),
             self._job_id(),
-            self._ttls[0],
-            self._ttls[2],
         ]
         return await self._call("register", args)
 

@@ -141,6 +141,7 @@ def _trigger(device_id: str, message: PushMessage, event_data: dict[str, Scalar]
     )
     user_id = _optional_id(data.get("user-id"), "user-id") or _optional_id(message.userId, "message.userId")
     secure_key = data.get("secure-key")
+    app_dbid = _optional_id(data.get("app-dbid"), "app-dbid")
     return Trigger(
         device_id=device_id,
         session_id=session_id,
@@ -149,4 +150,5 @@ def _trigger(device_id: str, message: PushMessage, event_data: dict[str, Scalar]
         user_id=user_id,
         # Only the userData secure key is a REST key; message.secureKey is CometD-only and never read.
         secure_key=str(secure_key) if isinstance(secure_key, str) and secure_key else None,
+        app_dbid=app_dbid,
     )

@@ -1,7 +1,9 @@
 """The whole Redis layout of the relay, in one place, so an operator can read it at a glance.
 
 Per-chat keys carry the session id in braces-free form; every key either has a TTL or is
-removed when its chat ends.
+removed when its chat ends. Two lifetimes: a chat's credentials live SESSION_IDLE_TTL_S without
+activity (they are secrets), everything else about the chat CHAT_STATE_TTL_S (the cursor must outlive
+the chat's longest quiet period, or a late trigger would deliver the transcript again).
 """
 
 from __future__ import annotations
@@ -19,21 +21,34 @@ WEBHOOK_JOB = "workers.jobs.deliver_webhook"
 # Sorted set of chats that need work: member = session id, score = earliest ms at which a worker
 # may take it (the arrival time of the oldest unserved trigger, or the end of a retry backoff).
 DIRTY = f"{PREFIX}:dirty"
-# Marker set while a drain job sits in the queue, so a burst of pushes enqueues one job.
+# Marker set while a drain job sits in the queue, so a burst of pushes enqueues one job. Its TTL bounds
+# how long a lost drain job (a crash between dequeue and start) can hold new ones back.
 DRAIN_QUEUED = f"{PREFIX}:drain-queued"
+DRAIN_MARKER_TTL_MS = 1000
+# Webhook outboxes, deliveries and in-flight markers outlive the longest retry schedule.
+WEBHOOK_KEYS_TTL_MS = 8 * 24 * 3600 * 1000
 # List of wake-ups for devices without a known chat, waiting to be emitted.
 WAKEUPS = f"{PREFIX}:wakeups"
 # Hash of counters shared by every process (see shared/metrics.py).
 COUNTERS = f"{PREFIX}:counters"
+# Sorted set of chats parked for want of credentials: member = session id, score = ms parked. A chat
+# emits `chat.credentials_required` when it enters; registering, ending or forgetting it takes it out.
+PARKED = f"{PREFIX}:parked"
 
 
 def session(session_id: str) -> str:
-    """Hash: deviceId, userId, secureKey, alias, service, cursor, end, retries. Idle TTL."""
+    """Hash of a chat's state: deviceId, service, cursor, alias, alias_key, gen, end, retries, mode,
+    gap_since. TTL CHAT_STATE_TTL_S, renewed by every push and commit."""
     return f"{PREFIX}:session:{session_id}"
 
 
+def credentials(session_id: str) -> str:
+    """Hash: userId, secureKey (the REST credentials). TTL SESSION_IDLE_TTL_S; deleted at chat end."""
+    return f"{PREFIX}:creds:{session_id}"
+
+
 def device(device_id: str) -> str:
-    """String: the session id a device is currently chatting in. Idle TTL."""
+    """String: the session id a device is currently chatting in. TTL CHAT_STATE_TTL_S."""
     return f"{PREFIX}:device:{device_id}"
 
 
@@ -48,13 +63,9 @@ def staged(session_id: str) -> str:
 
 
 def ended(session_id: str) -> str:
-    """String: why a chat ended; makes `chat.ended` once-only and late pushes no-ops. TTL."""
+    """String: why a chat ended; makes `chat.ended` once-only and late pushes no-ops.
+    TTL CHAT_STATE_TTL_S."""
     return f"{PREFIX}:ended:{session_id}"
-
-
-def dedupe_prefix() -> str:
-    """Prefix of exact-duplicate markers `{prefix}{session}:{position}:{attempt}` (TTL)."""
-    return f"{PREFIX}:dup:"
 
 
 def stream(device_id: str) -> str:

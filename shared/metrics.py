@@ -21,14 +21,15 @@ _HELP = {
     "push_payload": "payload pushes stored",
     "push_wakeup": "wake-ups for devices without a chat",
     "push_wakeup_refresh": "wake-ups turned into a refresh of the device's chat",
-    "push_duplicate": "exact duplicates dropped",
+    "push_duplicate": "payload pushes whose events were all staged already",
     "push_covered": "triggers already covered by a refresh",
     "push_after_end": "pushes for chats that had ended",
     "events_delivered": "transcript events written to the sinks",
     "wakeups_delivered": "device.wakeup notifications emitted",
     "commit_fenced": "commits refused because the lease had expired",
     "refresh_retried": "refreshes scheduled for retry",
-    "refresh_parked": "chats waiting for credentials",
+    "refresh_parked": "claims that found no credentials (the chat stays parked)",
+    "credentials_required": "chat.credentials_required events emitted (a chat entered the parked set)",
     "webhook_deliveries_created": "webhook deliveries created",
 }
 

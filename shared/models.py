@@ -105,6 +105,9 @@ class Trigger(msgspec.Struct, frozen=True, kw_only=True):
     attempt: int
     user_id: str | None = None
     secure_key: str | None = None
+    # userData `app-dbid`: "App DBID (or alias) to be used with GMS REST API" (when flex-push-content
+    # includes it). The alias until a Refresh response gives a newer one.
+    app_dbid: str | None = None
 
 
 class Payload(msgspec.Struct, frozen=True, kw_only=True):

@@ -17,6 +17,7 @@ from rq.job import Job
 from rq.serializers import JSONSerializer
 
 from shared import keys
+from shared.settings import Settings
 
 # Each script and the helper files it needs (Redis runs the whole text on every call).
 SCRIPT_PARTS = {
@@ -24,7 +25,7 @@ SCRIPT_PARTS = {
     "register": ("core",),
     "forget": ("core",),
     "kick": ("core",),
-    "release": ("core",),
+    "release": ("core", "fanout"),
     "claim": ("core", "fanout"),
     "commit": ("core", "fanout"),
     "take_deliveries": ("core", "fanout"),
@@ -53,7 +54,23 @@ def _template(job: Job) -> dict[str, Any]:
     return {k: v for k, v in job.to_dict().items() if k not in _PER_JOB_FIELDS and v != ""}
 
 
-def _prelude() -> str:
+def _constants(settings: Settings) -> dict[str, int]:
+    """Per-process constants baked into every script (CFG_<NAME> in Lua), so calls carry only what
+    changes per call."""
+    return {
+        "SINKS": len(settings.webhook_urls),
+        "BATCH_MAX": settings.webhook_batch_max,
+        "STREAM_MAXLEN": settings.stream_maxlen,
+        "STREAM_TTL_MS": settings.stream_ttl_s * 1000,
+        "OUTBOX_TTL_MS": keys.WEBHOOK_KEYS_TTL_MS,
+        "CREDS_TTL_MS": settings.session_idle_ttl_s * 1000,
+        "STATE_TTL_MS": settings.chat_state_ttl_s * 1000,
+        "LEASE_TTL_MS": settings.lease_ttl_ms,
+        "DRAIN_MARKER_TTL_MS": keys.DRAIN_MARKER_TTL_MS,
+    }
+
+
+def _prelude(settings: Settings) -> str:
     drain = Job.create(
         keys.DRAIN_JOB,
         serializer=JSONSerializer,
@@ -67,6 +84,7 @@ def _prelude() -> str:
     drain_data = json.dumps([keys.DRAIN_JOB, None, [], {}], separators=(",", ":"))
     return "\n".join(
         [
+            *(f"local CFG_{name} = {value}" for name, value in _constants(settings).items()),
             f"local DRAIN_QUEUE_NAME = {_lua_string(keys.DRAIN_QUEUE)}",
             f"local function drain_template() return {_lua_table(_template(drain))} end",
             f"local DRAIN_DATA = {_lua_string(drain_data)}",
@@ -85,8 +103,8 @@ class ScriptSources:
     sources: dict[str, str]
 
     @classmethod
-    def build(cls) -> ScriptSources:
-        prelude = _prelude()
+    def build(cls, settings: Settings) -> ScriptSources:
+        prelude = _prelude(settings)
         return cls(
             {
                 name: "\n".join([prelude, *(_read(part) for part in parts), _read(name)])

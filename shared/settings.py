@@ -19,15 +19,17 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
     webhook_secret: str | None = None
     push_max_bytes: int = 65536
     log_level: str = "INFO"
-    # How long a chat's credentials and cursor live without any activity.
-    session_idle_ttl_s: int = 4 * 3600
-    # How long the marker of an ended chat is kept, so late pushes for it are ignored.
-    ended_ttl_s: int = 24 * 3600
-    # How long an exact-duplicate marker (session, position, attempt) is kept: the span in which GMS
-    # repeats a push. A later duplicate costs at most one Refresh from the cursor.
-    dedupe_ttl_s: int = 600
-    # Single-flight lease on a chat; must stay well inside Chat Server's resend delay (>= 1 s).
-    lease_ttl_ms: int = 800
+    # How long a chat's credentials (userId, secureKey) live without activity. They are secrets, so
+    # they go first; 26 h outlives Chat Server's flex-push-timeout of the Genesys guide (86400 s).
+    session_idle_ttl_s: int = 26 * 3600
+    # How long the rest of a chat's state lives without activity: cursor, alias, device mapping and the
+    # ended marker. It must outlive the longest quiet period of a chat, or a late trigger would refresh
+    # from position 1 and deliver the transcript again (design invariant 8).
+    chat_state_ttl_s: int = 8 * 24 * 3600
+    # Single-flight lease on a chat: short against Chat Server's resend delay (>= 1 s), and longer than
+    # the work it covers (checked at start-up against the Refresh deadline).
+    lease_ttl_ms: int = 1000
+    # Deadline of one whole Refresh call (connect, send, one resend on a stale connection, reply).
     refresh_timeout_ms: int = 400
     # Bounded in-worker retries of a failing Refresh (statusCode 1, HTTP 5xx, timeouts).
     refresh_retry_max: int = 6
@@ -46,8 +48,7 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
 _INT_VARS = {
     "PUSH_MAX_BYTES": "push_max_bytes",
     "SESSION_IDLE_TTL_S": "session_idle_ttl_s",
-    "ENDED_TTL_S": "ended_ttl_s",
-    "DEDUPE_TTL_S": "dedupe_ttl_s",
+    "CHAT_STATE_TTL_S": "chat_state_ttl_s",
     "LEASE_TTL_MS": "lease_ttl_ms",
     "REFRESH_TIMEOUT_MS": "refresh_timeout_ms",
     "REFRESH_RETRY_MAX": "refresh_retry_max",
@@ -68,6 +69,14 @@ _STR_VARS = {
     "LOG_LEVEL": "log_level",
 }
 _LOG_LEVELS = {"DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"}
+# Variables of earlier versions: refused with a pointer, so an upgrade never silently ignores them.
+_RETIRED_VARS = {
+    "ENDED_TTL_S": "ended markers now live CHAT_STATE_TTL_S with the rest of a chat's state",
+    "DEDUPE_TTL_S": "repeated triggers are never dropped (a repeat may announce new events)",
+}
+# A lease must cover a whole Refresh twice over (the call, then claim and commit overheads and a
+# chunked commit) plus this margin, so that no two workers ever refresh one chat at once.
+LEASE_MARGIN_MS = 200
 
 
 def _parse_int(name: str, raw: str) -> int:
@@ -83,6 +92,9 @@ def _parse_int(name: str, raw: str) -> int:
 def load_settings(environ: Mapping[str, str]) -> Settings:
     """Build settings from an environment mapping; a bad value fails naming its variable."""
     values: dict[str, object] = {}
+    for var, why in _RETIRED_VARS.items():
+        if environ.get(var, "").strip():
+            raise ConfigError(f"{var} is no longer used ({why}); remove it")
     for var, field in _STR_VARS.items():
         raw = environ.get(var, "").strip()
         if raw:
@@ -115,4 +127,22 @@ def load_settings(environ: Mapping[str, str]) -> Settings:
         from shared.signing import decode_secret
 
         decode_secret(secret)  # fail at start-up, not at the first delivery
-    return Settings(**values)  # type: ignore[arg-type]
+    settings = Settings(**values)  # type: ignore[arg-type]
+    _check_relations(settings)
+    return settings
+
+
+def _check_relations(settings: Settings) -> None:
+    """Cross-field rules that a single variable's check cannot see."""
+    if settings.session_idle_ttl_s > settings.chat_state_ttl_s:
+        raise ConfigError(
+            f"SESSION_IDLE_TTL_S ({settings.session_idle_ttl_s}) must not exceed CHAT_STATE_TTL_S "
+            f"({settings.chat_state_ttl_s}): a chat's cursor must outlive its credentials"
+        )
+    floor = 2 * settings.refresh_timeout_ms + LEASE_MARGIN_MS
+    if settings.lease_ttl_ms < floor:
+        raise ConfigError(
+            f"LEASE_TTL_MS ({settings.lease_ttl_ms}) must be at least twice REFRESH_TIMEOUT_MS "
+            f"({settings.refresh_timeout_ms}) plus {LEASE_MARGIN_MS} ms, i.e. >= {floor}: a lease "
+            "shorter than the work it covers lets two workers refresh one chat at once"
+        )

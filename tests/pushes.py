@@ -12,8 +12,11 @@ def trigger_message(
     session_id: str | None = "s1",
     user_id: str | None = "u1",
     secure_key: str | None = None,
+    app_dbid: str | None = None,
 ) -> dict[str, Any]:
     user_data: dict[str, str] = {"notify-position": str(position), "notify-attempt": str(attempt)}
+    if app_dbid is not None:
+        user_data["app-dbid"] = app_dbid
     if session_id is not None:
         user_data["session-id"] = session_id
     if user_id is not None:

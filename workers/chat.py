@@ -29,7 +29,7 @@ SLOW_RETRY_MS = 15000
 def process(ctx: WorkerContext, claim: Claim, token: str) -> None:
     """Handle one claim. Unexpected exceptions escape to RQ; the lease then simply expires."""
     if not claim.device_id:
-        release(ctx, claim, token, "park")  # forgotten or expired while it waited
+        release(ctx, claim, token, "drop")  # forgotten or expired while it waited
         return
     if claim.end == "removed":
         # notify-position -1: the customer left. Never Refresh with -1, but fetch (from our cursor) what
@@ -66,9 +66,10 @@ def _refresh(ctx: WorkerContext, claim: Claim, token: str, end_reason: str = "")
     fields = claim.fields
     user_id, secure_key = fields.get("userId", ""), fields.get("secureKey", "")
     if not _has_credentials(claim):
-        # Triggers without a secure key (default flex-push-content): wait for PUT /sessions.
+        # Triggers without a secure key (default flex-push-content), or credentials that expired
+        # (SESSION_IDLE_TTL_S): wait for PUT /sessions, and say so once (chat.credentials_required).
         release(ctx, claim, token, "park")
-        log.info("no credentials yet; waiting for PUT /sessions", extra={"session_id": claim.session_id})
+        log.info("no credentials; waiting for PUT /sessions", extra={"session_id": claim.session_id})
         return
     position = max(claim.cursor, 1)
     creds = Credentials(user_id, secure_key, fields.get("alias", ""))

@@ -18,9 +18,11 @@ class Claim:
 
     @classmethod
     def parse(cls, row: list[object]) -> Claim:
-        sid, due, flat_fields, flat_staged = row
-        assert isinstance(sid, bytes) and isinstance(flat_fields, list) and isinstance(flat_staged, list)
-        fields = {k: v.decode() for k, v in _pairs(flat_fields).items()}
+        sid, due, flat_state, flat_creds, flat_staged = row
+        assert isinstance(sid, bytes) and isinstance(flat_staged, list)
+        assert isinstance(flat_state, list) and isinstance(flat_creds, list)
+        # State and credentials live in two keys with two lifetimes; a worker reads them as one.
+        fields = {k: v.decode() for k, v in _pairs(flat_state + flat_creds).items()}
         staged = {int(k): v for k, v in _pairs(flat_staged).items()}
         return cls(sid.decode(), float(due), fields, staged)  # type: ignore[arg-type]
 

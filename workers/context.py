@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import itertools
 import os
+import secrets
 import threading
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
@@ -40,10 +41,12 @@ class WorkerContext:
     webhooks: WebhookDispatcher = field(init=False)
     watcher: Watcher | None = None
     _ids: itertools.count[int] = field(default_factory=itertools.count)
-    _prefix: str = field(default_factory=lambda: f"{os.getpid():x}{os.urandom(3).hex()}")
+    _prefix: str = field(default_factory=lambda: secrets.token_hex(16))
 
     def job_id(self, kind: str) -> str:
-        """Job ids unique across processes without a round trip."""
+        """Job ids unique across processes without a round trip: 128 random bits per process (not the
+        pid: in containers every process is pid 1) and a counter. A collision would hand one chat's
+        webhook body to another's delivery id."""
         return f"{kind}-{self._prefix}-{next(self._ids)}"
 
     def start_watcher(self) -> None:
@@ -72,7 +75,7 @@ class WorkerContext:
         context = cls(
             settings=settings,
             redis=client,
-            scripts=ScriptSources.build().register(client),
+            scripts=ScriptSources.build(settings).register(client),
             gms=ChatApi(settings.gms_url, settings.refresh_timeout_ms / 1000),
             webhook_http=httpx.Client(
                 timeout=httpx.Timeout(settings.webhook_timeout_ms / 1000),

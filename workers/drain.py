@@ -18,7 +18,6 @@ from workers.claims import Claim
 from workers.commit import now_ms
 from workers.context import CLAIM_BATCH, WorkerContext
 from workers.watcher import kick_drain
-from workers.webhooks import WEBHOOK_KEYS_TTL_MS
 
 log = logging.getLogger("gms_relay.worker")
 
@@ -32,7 +31,7 @@ LINGER_POLL_S = 0.005
 def drain(ctx: WorkerContext) -> int:
     """Process every due chat; returns how many claims were handled."""
     ctx.redis.delete(keys.DRAIN_QUEUED)  # from now on, a new push enqueues a new drain
-    token = os.urandom(12).hex()
+    token = os.urandom(16).hex()
     handled = 0
     deadline = time.monotonic() + DRAIN_BUDGET_S
     idle_since: float | None = None
@@ -59,19 +58,5 @@ def drain(ctx: WorkerContext) -> int:
 
 
 def _claim(ctx: WorkerContext, token: str) -> list[Claim]:
-    settings = ctx.settings
-    claims = ctx.scripts["claim"](
-        args=[
-            str(now_ms()),
-            str(settings.lease_ttl_ms),
-            token,
-            str(CLAIM_BATCH),
-            str(settings.stream_maxlen),
-            str(settings.stream_ttl_s * 1000),
-            str(len(settings.webhook_urls)),
-            ctx.job_id("wk"),
-            str(settings.webhook_batch_max),
-            str(WEBHOOK_KEYS_TTL_MS),
-        ]
-    )
+    claims = ctx.scripts["claim"](args=[str(now_ms()), token, str(CLAIM_BATCH), ctx.job_id("wk")])
     return [Claim.parse(row) for row in claims]

@@ -24,12 +24,11 @@ log = logging.getLogger("gms_relay.worker")
 
 WATCH_INTERVAL_S = 0.1
 METRICS_FLUSH_S = 1.0
-DRAIN_MARKER_TTL_MS = 1000
 
 
 def kick_drain(ctx: WorkerContext) -> None:
     """Enqueue a drain job unless one is already waiting."""
-    ctx.scripts["kick"](args=[ctx.job_id("drain"), str(now_ms()), str(DRAIN_MARKER_TTL_MS)])
+    ctx.scripts["kick"](args=[ctx.job_id("drain"), str(now_ms())])
 
 
 def check_once(ctx: WorkerContext) -> bool:

@@ -35,7 +35,6 @@ log = logging.getLogger("gms_relay.webhooks")
 # Deliveries in flight per sink per worker process.
 WEBHOOK_CONCURRENCY = 8
 DEAD_LETTER_TTL_S = 7 * 24 * 3600
-WEBHOOK_KEYS_TTL_MS = 8 * 24 * 3600 * 1000
 
 
 class DeliveryFailed(Exception):
@@ -157,14 +156,7 @@ def send(ctx: WorkerContext, key: bytes | None, delivery: Delivery) -> str | Non
 
 def finish(ctx: WorkerContext, delivery_id: str) -> bool:
     """Drop a delivered (or skipped) delivery and start its chat's next one; True if one started."""
-    args = [
-        delivery_id,
-        ctx.job_id("wh"),
-        str(now_ms()),
-        str(ctx.settings.webhook_batch_max),
-        str(WEBHOOK_KEYS_TTL_MS),
-    ]
-    return bool(ctx.scripts["delivery_done"](args=args))
+    return bool(ctx.scripts["delivery_done"](args=[delivery_id, ctx.job_id("wh"), str(now_ms())]))
 
 
 def _queue(ctx: WorkerContext) -> Queue:

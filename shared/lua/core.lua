@@ -1,14 +1,21 @@
--- Helpers every script shares. shared/scripts.py prepends this file and the drain job's template
--- (built from RQ's own Job.to_dict) to each script. Redis runs the whole text on every call, so
--- keep it small: each definition here costs every push.
+-- Helpers every script shares. shared/scripts.py prepends the per-process constants (CFG_*, from the
+-- settings), the drain job's template (built from RQ's own Job.to_dict) and this file to each script.
+-- Redis runs the whole text on every call, so keep it small: each definition here costs every push.
+-- Every script validates its arguments before its first write: Redis does not undo a script's earlier
+-- writes when it fails later.
 local P = 'gms-relay:'
 local DIRTY = P .. 'dirty'
 local DRAIN_QUEUED = P .. 'drain-queued'
 local WAKEUPS = P .. 'wakeups'
 local COUNTERS = P .. 'counters'
+local PARKED = P .. 'parked'
 
 local function count(name, by)
   redis.call('HINCRBY', COUNTERS, name, by or 1)
+end
+
+local function bad_args(script)
+  return redis.error_reply('ERR gms-relay ' .. script .. ': malformed arguments')
 end
 
 -- RQ's timestamp format ('%Y-%m-%dT%H:%M:%S.%fZ') from unix milliseconds (civil_from_days).
@@ -42,8 +49,8 @@ local function write_job(template, job_id, queue, data, ms, extra)
 end
 
 -- Enqueue one drain job unless one is already waiting in the queue.
-local function ensure_drain(job_id, ms, marker_ttl_ms)
-  if redis.call('SET', DRAIN_QUEUED, job_id, 'NX', 'PX', marker_ttl_ms) then
+local function ensure_drain(job_id, ms)
+  if redis.call('SET', DRAIN_QUEUED, job_id, 'NX', 'PX', CFG_DRAIN_MARKER_TTL_MS) then
     write_job(drain_template(), job_id, DRAIN_QUEUE_NAME, DRAIN_DATA, ms, nil)
     return 1
   end
@@ -56,3 +63,16 @@ local function mark_dirty(sid, ms)
   redis.call('ZADD', DIRTY, 'NX', ms, sid)
 end
 
+-- Which alias is newest. Each source gets a key, and a source replaces the stored alias only when its
+-- key is not below the stored one: a registration 0; a trigger with notify-position p: 2p + 1; a
+-- Refresh response whose nextPosition is n: 2n. Chat Server computes a trigger's position when it
+-- sends it, and a trigger announces an event whose index is >= p, so a trigger computed before a
+-- Refresh was processed has p < n (that Refresh returned its event), and one computed after has p >= n.
+-- Hence a response beats every trigger older than it, a trigger beats every response older than it,
+-- and a late trigger (a smaller position) never brings back an alias that a newer source replaced.
+local function take_alias(fields, stored_key, alias, key)
+  if alias ~= '' and key >= (tonumber(stored_key) or -1) then
+    fields[#fields + 1] = 'alias'; fields[#fields + 1] = alias
+    fields[#fields + 1] = 'alias_key'; fields[#fields + 1] = key
+  end
+end

@@ -1,10 +1,14 @@
 -- DELETE /sessions/{sid}: forget a chat's credentials and pending work (no chat.ended is emitted).
--- ARGV: sid
+-- The cursor stays (CHAT_STATE_TTL_S): registering the chat again resumes where it was, so nothing is
+-- delivered twice. ARGV: sid
 local sid = ARGV[1]
+if #ARGV ~= 1 or sid == '' then return bad_args('forget') end
 local skey = P .. 'session:' .. sid
 local device = redis.call('HGET', skey, 'deviceId')
 if device and redis.call('GET', P .. 'device:' .. device) == sid then
   redis.call('DEL', P .. 'device:' .. device)
 end
 redis.call('ZREM', DIRTY, sid)
-return redis.call('DEL', skey, P .. 'staged:' .. sid)
+redis.call('ZREM', PARKED, sid)
+redis.call('HDEL', skey, 'deviceId', 'end')
+return redis.call('DEL', P .. 'creds:' .. sid, P .. 'staged:' .. sid)

@@ -1,15 +1,32 @@
 -- Store one classified push in a single round trip. This runs for every push GMS sends, with GMS
--- waiting for our reply: keep it to the commands that make the push durable and deduplicated.
+-- waiting for our reply: keep it to the commands that make the push durable.
 -- (Pushes are counted by outcome in the ingress process, not here.)
 -- ARGV: kind ('t' trigger, 'p' payload, 'w' wake-up), device, session ('' unknown), now_ms, job_id,
---       session_ttl_ms, dedupe_ttl_ms, marker_ttl_ms, then per kind:
---   t: position, attempt, user_id, secure_key
+--       then per kind:
+--   t: position, attempt, user_id, secure_key, app_dbid
 --   p: chat_ended ('1' or ''), alias, then index/event-json pairs
 --   w: wake-up JSON {"deviceId","text"}
 -- Returns the outcome: queued | duplicate | covered | ended | wakeup.
+--
+-- A trigger is never dropped as a repeat: Chat Server sends one per new event, and while no Refresh
+-- was processed they all carry the same (notify-position, notify-attempt 0). Every trigger whose
+-- position is not below our cursor marks the chat dirty and bumps `gen`: if a Refresh has not started
+-- yet, this one is coalesced with it; if one is in flight, its commit sees `gen` moved and runs again.
 local kind, device, sid = ARGV[1], ARGV[2], ARGV[3]
 local now, job_id = tonumber(ARGV[4]), ARGV[5]
-local session_ttl, dedupe_ttl, marker_ttl = ARGV[6], ARGV[7], ARGV[8]
+if not now or device == '' or job_id == '' then return bad_args('ingest') end
+local position
+if kind == 't' then
+  position = tonumber(ARGV[6])
+  if #ARGV ~= 10 or not position or not tonumber(ARGV[7]) then return bad_args('ingest') end
+elseif kind == 'p' then
+  if #ARGV < 7 or (#ARGV - 7) % 2 ~= 0 then return bad_args('ingest') end
+  for i = 8, #ARGV, 2 do
+    if not tonumber(ARGV[i]) then return bad_args('ingest') end
+  end
+elseif kind ~= 'w' or #ARGV ~= 6 then
+  return bad_args('ingest')
+end
 local device_key = P .. 'device:' .. device
 
 if sid == '' then
@@ -18,10 +35,10 @@ end
 
 if sid == '' or (kind == 'w' and redis.call('EXISTS', P .. 'ended:' .. sid) == 1) then
   -- No chat to refresh: surface the push as device.wakeup.
-  local text = kind == 'w' and ARGV[9] or cjson.encode({deviceId = device, text = 'PUSH-NOTIFICATION'})
+  local text = kind == 'w' and ARGV[6] or cjson.encode({deviceId = device, text = 'PUSH-NOTIFICATION'})
   redis.call('RPUSH', WAKEUPS, text)
-  redis.call('PEXPIRE', WAKEUPS, session_ttl)
-  ensure_drain(job_id, now, marker_ttl)
+  redis.call('PEXPIRE', WAKEUPS, CFG_STATE_TTL_MS)
+  ensure_drain(job_id, now)
   return 'wakeup'
 end
 
@@ -31,40 +48,47 @@ local skey = P .. 'session:' .. sid
 local fields = {'deviceId', device}
 
 if kind == 't' then
-  local position, attempt = ARGV[9], ARGV[10]
-  if not redis.call('SET', P .. 'dup:' .. sid .. ':' .. position .. ':' .. attempt, '1', 'NX', 'PX', dedupe_ttl) then
-    return 'duplicate'
+  local user_id, secure_key, app_dbid = ARGV[8], ARGV[9], ARGV[10]
+  if user_id ~= '' or secure_key ~= '' then
+    local ckey, creds = P .. 'creds:' .. sid, {}
+    if user_id ~= '' then creds[#creds + 1] = 'userId'; creds[#creds + 1] = user_id end
+    if secure_key ~= '' then creds[#creds + 1] = 'secureKey'; creds[#creds + 1] = secure_key end
+    redis.call('HSET', ckey, unpack(creds))
+    redis.call('PEXPIRE', ckey, CFG_CREDS_TTL_MS)
   end
-  if ARGV[11] ~= '' then fields[#fields + 1] = 'userId'; fields[#fields + 1] = ARGV[11] end
-  if ARGV[12] ~= '' then fields[#fields + 1] = 'secureKey'; fields[#fields + 1] = ARGV[12] end
-  if position == '-1' then
+  local state = redis.call('HMGET', skey, 'cursor', 'alias_key')
+  if position == -1 then
     fields[#fields + 1] = 'end'; fields[#fields + 1] = 'removed'
-  elseif tonumber(position) < tonumber(redis.call('HGET', skey, 'cursor') or '0') then
-    -- Announces events that a refresh, started after this trigger was computed, already fetched.
-    redis.call('HSET', skey, unpack(fields))
+    if not state[2] then take_alias(fields, state[2], app_dbid, 0) end
+  elseif position < tonumber(state[1] or '0') then
+    -- Announces events that a refresh, started after this trigger was computed, already fetched (and
+    -- its app-dbid is older than that refresh's alias).
+    redis.call('PEXPIRE', skey, CFG_STATE_TTL_MS)
     return 'covered'
+  else
+    take_alias(fields, state[2], app_dbid, 2 * position + 1)
   end
 elseif kind == 'p' then
-  if ARGV[9] == '1' then fields[#fields + 1] = 'end'; fields[#fields + 1] = 'chatEnded' end
-  if ARGV[10] ~= '' then fields[#fields + 1] = 'alias'; fields[#fields + 1] = ARGV[10] end
+  if ARGV[6] == '1' then fields[#fields + 1] = 'end'; fields[#fields + 1] = 'chatEnded' end
+  if ARGV[7] ~= '' then fields[#fields + 1] = 'alias'; fields[#fields + 1] = ARGV[7] end
   fields[#fields + 1] = 'mode'; fields[#fields + 1] = 'payload'
   local cursor = tonumber(redis.call('HGET', skey, 'cursor') or '0')
   local staged_key = P .. 'staged:' .. sid
   local fresh = 0
-  for i = 11, #ARGV, 2 do
+  for i = 8, #ARGV, 2 do
     if tonumber(ARGV[i]) >= cursor then
       fresh = fresh + redis.call('HSETNX', staged_key, ARGV[i], ARGV[i + 1])
     end
   end
-  if fresh == 0 and ARGV[9] ~= '1' then return 'duplicate' end
-  redis.call('PEXPIRE', staged_key, session_ttl)
+  if fresh == 0 and ARGV[6] ~= '1' then return 'duplicate' end
+  redis.call('PEXPIRE', staged_key, CFG_STATE_TTL_MS)
 end
 
 -- `gen` lets a worker's commit see pushes that arrived while it was refreshing.
 redis.call('HSET', skey, unpack(fields))
 redis.call('HINCRBY', skey, 'gen', 1)
-redis.call('PEXPIRE', skey, session_ttl)
-redis.call('SET', device_key, sid, 'PX', session_ttl)
+redis.call('PEXPIRE', skey, CFG_STATE_TTL_MS)
+redis.call('SET', device_key, sid, 'PX', CFG_STATE_TTL_MS)
 mark_dirty(sid, now)
-ensure_drain(job_id, now, marker_ttl)
+ensure_drain(job_id, now)
 return 'queued'

@@ -1,16 +1,22 @@
--- PUT /sessions/{sid}: store a chat's credentials and pull its transcript once.
--- ARGV: sid, device, user_id, secure_key, alias, service, now_ms, job_id, session_ttl_ms, marker_ttl_ms
-local sid, device = ARGV[1], ARGV[2]
-local now, job_id, session_ttl, marker_ttl = tonumber(ARGV[7]), ARGV[8], ARGV[9], ARGV[10]
+-- PUT /sessions/{sid}: store a chat's credentials and pull its transcript (from the cursor) once.
+-- ARGV: sid, device, user_id, secure_key, alias, service, now_ms, job_id
+local sid, device, user_id, secure_key = ARGV[1], ARGV[2], ARGV[3], ARGV[4]
+local alias, service, now, job_id = ARGV[5], ARGV[6], tonumber(ARGV[7]), ARGV[8]
+if #ARGV ~= 8 or not now or sid == '' or device == '' or job_id == '' then return bad_args('register') end
 if redis.call('EXISTS', P .. 'ended:' .. sid) == 1 then return 'ended' end
-local skey = P .. 'session:' .. sid
-local fields = {'deviceId', device, 'userId', ARGV[3], 'secureKey', ARGV[4]}
-if ARGV[5] ~= '' then table.insert(fields, 'alias'); table.insert(fields, ARGV[5]) end
-if ARGV[6] ~= '' then table.insert(fields, 'service'); table.insert(fields, ARGV[6]) end
+local skey, ckey = P .. 'session:' .. sid, P .. 'creds:' .. sid
+redis.call('HSET', ckey, 'userId', user_id, 'secureKey', secure_key)
+redis.call('PEXPIRE', ckey, CFG_CREDS_TTL_MS)
+local fields = {'deviceId', device}
+-- The app's alias (from Request Chat) is the oldest source: it never replaces one a trigger or a
+-- Refresh response gave.
+take_alias(fields, redis.call('HGET', skey, 'alias_key'), alias, 0)
+if service ~= '' then fields[#fields + 1] = 'service'; fields[#fields + 1] = service end
 redis.call('HSET', skey, unpack(fields))
 redis.call('HINCRBY', skey, 'gen', 1)
-redis.call('PEXPIRE', skey, session_ttl)
-redis.call('SET', P .. 'device:' .. device, sid, 'PX', session_ttl)
+redis.call('PEXPIRE', skey, CFG_STATE_TTL_MS)
+redis.call('SET', P .. 'device:' .. device, sid, 'PX', CFG_STATE_TTL_MS)
+redis.call('ZREM', PARKED, sid)
 mark_dirty(sid, now)
-ensure_drain(job_id, now, marker_ttl)
+ensure_drain(job_id, now)
 return 'registered'

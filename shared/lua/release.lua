@@ -1,9 +1,16 @@
 -- Give a claimed chat back without delivering.
--- ARGV: sid, token, how, at_ms, gen
+-- ARGV: sid, token, how, at_ms, gen, now_ms, id_base
 --   how = 'retry': a refresh failed; due again at at_ms (the caller's backoff grows with `retries`).
 --   how = 'later': waiting for a gap in payload indexes to fill; due again at at_ms.
---   how = 'park': no credentials yet; PUT /sessions or the next push marks it dirty again.
-local sid, token, how, at = ARGV[1], ARGV[2], ARGV[3], tonumber(ARGV[4])
+--   how = 'park': no credentials; emits `chat.credentials_required` once when the chat enters the
+--                 parked set. PUT /sessions (or a trigger carrying the secure key) resumes it.
+--   how = 'drop': nothing left to work on (the chat's state was forgotten or expired).
+local sid, token, how, at, gen = ARGV[1], ARGV[2], ARGV[3], tonumber(ARGV[4]), ARGV[5]
+local now, id_base = tonumber(ARGV[6]), ARGV[7]
+if #ARGV ~= 7 or not at or not now or id_base == ''
+  or (how ~= 'retry' and how ~= 'later' and how ~= 'park' and how ~= 'drop') then
+  return bad_args('release')
+end
 local lease = P .. 'lease:' .. sid
 if redis.call('GET', lease) ~= token then
   count('commit_fenced')
@@ -11,6 +18,9 @@ if redis.call('GET', lease) ~= token then
 end
 redis.call('DEL', lease)
 local skey = P .. 'session:' .. sid
+local state = redis.call('HMGET', skey, 'gen', 'deviceId')
+local unchanged = (state[1] or '') == gen
+if not state[2] then how = 'drop' end  -- never re-create a forgotten chat's hash (it would have no TTL)
 if how == 'retry' then
   -- Never dropped: a Refresh that timed out on our side may still have reached GMS and acknowledged
   -- the triggers, so Chat Server's resend cannot be relied on to bring the chat back.
@@ -22,6 +32,15 @@ elseif how == 'later' then
   redis.call('ZADD', DIRTY, at, sid)
   return 'later'
 end
-if (redis.call('HGET', skey, 'gen') or '') == ARGV[5] then redis.call('ZREM', DIRTY, sid) end
+if unchanged then redis.call('ZREM', DIRTY, sid) end
+if how == 'drop' then return 'drop' end
+if not redis.call('ZSCORE', PARKED, sid) then
+  local data = cjson.encode({deviceId = state[2], sessionId = sid})
+  fan_out(sid, {notice(state[2], sid, 'chat.credentials_required', data, now)}, id_base, now)
+  count('credentials_required')
+end
+redis.call('ZREMRANGEBYSCORE', PARKED, '-inf', now - CFG_STATE_TTL_MS)  -- chats that expired parked
+redis.call('ZADD', PARKED, 'NX', now, sid)
+redis.call('PEXPIRE', PARKED, CFG_STATE_TTL_MS)
 count('refresh_parked')
 return 'park'

@@ -64,13 +64,16 @@ def test_register_then_forget(make_client: ClientFactory, redis_client: redis.Re
     client = make_client(API_TOKEN="api-t")
     auth = {"authorization": "Bearer api-t"}
     assert client.put("/sessions/s1", json=REGISTRATION, headers=auth).status_code == 204
-    session = redis_client.hgetall(keys.session("s1"))
-    assert session[b"secureKey"] == b"REST-KEY" and session[b"alias"] == b"117"
-    assert redis_client.pttl(keys.session("s1")) > 0
+    assert redis_client.hget(keys.credentials("s1"), "secureKey") == b"REST-KEY"
+    assert redis_client.hget(keys.session("s1"), "alias") == b"117"
+    # Two lifetimes: credentials SESSION_IDLE_TTL_S (26 h), the rest CHAT_STATE_TTL_S (8 days).
+    assert 0 < redis_client.pttl(keys.credentials("s1")) <= 93600 * 1000
+    assert 93600 * 1000 < redis_client.pttl(keys.session("s1")) <= 691200 * 1000
     assert redis_client.get(keys.device("d1")) == b"s1"
     assert redis_client.zscore(keys.DIRTY, "s1") is not None  # registration pulls the transcript
     assert client.delete("/sessions/s1", headers=auth).status_code == 204
-    assert not redis_client.exists(keys.session("s1"), keys.device("d1"))
+    assert not redis_client.exists(keys.credentials("s1"), keys.device("d1"))
+    assert redis_client.zscore(keys.DIRTY, "s1") is None
 
 
 def test_register_rejects_bad_bodies(make_client: ClientFactory) -> None:
@@ -107,8 +110,7 @@ def test_redis_down_is_503_then_recovers(tmp_path: Path) -> None:
             assert client.post("/push", content=body(trigger_message(3))).status_code == 200
             assert client.get("/readyz").status_code == 200
         check = redis.Redis.from_url(server.url)
-        assert check.exists(keys.dedupe_prefix() + "s1:3:0")
-        assert not check.exists(keys.dedupe_prefix() + "s1:2:0")
+        assert check.hget(keys.session("s1"), "gen") == b"2"  # pushes 1 and 3; the 503 stored nothing
         check.close()
     finally:
         server.stop()

@@ -35,8 +35,8 @@ def test_trigger_is_stored_as_an_rq_job_and_a_dirty_chat(
     assert job.get_status() == "queued"
     assert job.result_ttl == 0
     session = redis_client.hgetall(keys.session("s1"))
-    assert session[b"deviceId"] == b"d1" and session[b"userId"] == b"u1"
-    assert b"secureKey" not in session
+    assert session[b"deviceId"] == b"d1"
+    assert redis_client.hgetall(keys.credentials("s1")) == {b"userId": b"u1"}  # no secure key: none kept
     assert redis_client.get(keys.device("d1")) == b"s1"
 
 
@@ -71,7 +71,8 @@ def test_secure_key_from_user_data_is_kept_message_secure_key_never(
     client: TestClient, redis_client: redis.Redis
 ) -> None:
     assert client.post("/push", content=body(trigger_message(1, secure_key="REST-KEY"))).status_code == 200
-    assert redis_client.hget(keys.session("s1"), "secureKey") == b"REST-KEY"
+    assert redis_client.hget(keys.credentials("s1"), "secureKey") == b"REST-KEY"
+    assert redis_client.hget(keys.session("s1"), "secureKey") is None  # only in the credentials key
     dump = b"".join(redis_client.dump(k) or b"" for k in redis_client.keys("*"))
     assert b"COMETD-ONLY-KEY" not in dump
 
@@ -95,13 +96,27 @@ def test_position_minus_one_ends_the_chat_as_removed(client: TestClient, redis_c
     assert redis_client.zscore(keys.DIRTY, "s1") is not None
 
 
-def test_exact_duplicates_are_stored_once(client: TestClient, redis_client: redis.Redis) -> None:
+def test_repeated_trigger_keys_are_never_dropped(client: TestClient, redis_client: redis.Redis) -> None:
+    """Chat Server sends one trigger per new event, all with the same (position, attempt 0) until a
+    Refresh is processed: a repeat may announce new events, so each one counts (bumps `gen`)."""
     first = client.post("/push", content=body(trigger_message(4, attempt=0)))
     again = client.post("/push", content=body(trigger_message(4, attempt=0)))
     resend = client.post("/push", content=body(trigger_message(4, attempt=1)))
     assert [r.status_code for r in (first, again, resend)] == [200, 200, 200]
-    assert [r.json()["status"] for r in (first, again, resend)] == ["queued", "duplicate", "queued"]
-    assert redis_client.hget(keys.session("s1"), "gen") == b"2"
+    assert [r.json()["status"] for r in (first, again, resend)] == ["queued"] * 3
+    assert redis_client.hget(keys.session("s1"), "gen") == b"3"
+    assert redis_client.zcard(keys.DIRTY) == 1  # still one Refresh to do, not three
+
+
+def test_app_dbid_is_the_alias_until_a_newer_source(client: TestClient, redis_client: redis.Redis) -> None:
+    assert client.post("/push", content=body(trigger_message(4, app_dbid="117"))).status_code == 200
+    assert redis_client.hget(keys.session("s1"), "alias") == b"117"
+    # A later trigger (same or higher position) carries the current alias.
+    client.post("/push", content=body(trigger_message(4, app_dbid="118")))
+    assert redis_client.hget(keys.session("s1"), "alias") == b"118"
+    # A late trigger computed before a newer one (lower position) never brings the old alias back.
+    client.post("/push", content=body(trigger_message(3, app_dbid="117")))
+    assert redis_client.hget(keys.session("s1"), "alias") == b"118"
 
 
 def test_trigger_below_the_cursor_is_covered(client: TestClient, redis_client: redis.Redis) -> None:

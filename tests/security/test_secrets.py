@@ -164,7 +164,7 @@ def test_sessions_need_the_api_token(make_client: ClientFactory, redis_client: r
         reply = client.put("/sessions/s1", json=REGISTRATION, headers={"authorization": header})
         assert reply.status_code == status, header
     assert client.put(f"/sessions/s1?token={token}", json=REGISTRATION).status_code == 401
-    assert redis_client.hget(keys.session("s1"), "secureKey") == b"REST-KEY"
+    assert redis_client.hget(keys.credentials("s1"), "secureKey") == b"REST-KEY"
 
 
 def test_sessions_are_404_when_api_token_is_unset(
@@ -403,7 +403,7 @@ def test_every_key_the_relay_creates_expires_or_is_removed(
         all_keys = sorted(k.decode() for k in redis_client.scan_iter(count=1000))
     assert offenders == [], f"keys without a TTL: {offenders}"
     assert keys.COUNTERS in all_keys
-    assert any(key.startswith("gms-relay:dup:") for key in all_keys)  # the soak left per-chat keys
+    assert any(key.startswith("gms-relay:ended:") for key in all_keys)  # the run left per-chat keys
 
 
 # Stream length cap ---------------------------------------------------------------------------------
