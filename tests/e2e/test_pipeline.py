@@ -52,16 +52,16 @@ def test_every_event_once_in_order_with_failures_and_duplicates(
     chat_server.faults.fail_refresh_http503 = 0.05
     chat_server.faults.fail_refresh_status1 = 0.05
     chat_server.faults.alias_change = 0.1
-    # `refreshes_stale_alias == 0` holds only for Refreshes whose reply the relay commits: one that the
-    # Chat Server answered (perhaps with a new alias) after REFRESH_TIMEOUT_MS, or whose claim outlived
-    # LEASE_TTL_MS, is retried with the alias the relay last saw. The defaults (400 ms, 800 ms) are
-    # within a loaded CI machine's stalls; these stay under the scenario's 3 s resend delay.
+    # A Refresh answered (perhaps with a new alias) after REFRESH_TIMEOUT_MS is lost on our side; chats
+    # whose triggers carry `app-dbid` repair the alias from the next trigger, registered ones cannot
+    # (their next Refresh would use a stale alias, which GMS refuses). The defaults (400 ms deadline)
+    # are within a loaded CI machine's stalls; 2 s stays under the scenario's 3 s resend delay.
     env = relay_env(
         REDIS_URL=redis_server.url,
         GMS_URL=chat_server.base_url,
         API_TOKEN=API_TOKEN,
         REFRESH_TIMEOUT_MS="2000",
-        LEASE_TTL_MS="2800",
+        LEASE_TTL_MS="4200",
     )
     with relay_processes(env, workers=2) as relay:
         report = run_scenario(f"{relay.base_url}/push", scenario(relay.base_url), server=chat_server)

@@ -1,0 +1,46 @@
+"""Settings: defaults, and the start-up refusals that keep an operator from a silent misconfiguration."""
+
+from __future__ import annotations
+
+import pytest
+
+from shared.errors import ConfigError
+from shared.settings import LEASE_MARGIN_MS, load_settings
+
+
+def test_defaults_split_credentials_from_chat_state() -> None:
+    settings = load_settings({})
+    assert settings.session_idle_ttl_s == 93600  # 26 h: above a flex-push-timeout of 86400 s
+    assert settings.chat_state_ttl_s == 691200  # 8 days
+    assert settings.lease_ttl_ms >= 2 * settings.refresh_timeout_ms + LEASE_MARGIN_MS
+
+
+def test_credentials_may_not_outlive_the_chat_state() -> None:
+    with pytest.raises(ConfigError, match="SESSION_IDLE_TTL_S .* must not exceed CHAT_STATE_TTL_S"):
+        load_settings({"SESSION_IDLE_TTL_S": "100", "CHAT_STATE_TTL_S": "99"})
+    assert load_settings({"SESSION_IDLE_TTL_S": "100", "CHAT_STATE_TTL_S": "100"}).chat_state_ttl_s == 100
+
+
+@pytest.mark.parametrize(
+    ("env", "refused"),
+    [
+        ({"REFRESH_TIMEOUT_MS": "400", "LEASE_TTL_MS": "999"}, True),
+        ({"REFRESH_TIMEOUT_MS": "400", "LEASE_TTL_MS": "1000"}, False),
+        ({"REFRESH_TIMEOUT_MS": "2000"}, True),  # the default lease is too short for it
+        ({"REFRESH_TIMEOUT_MS": "2000", "LEASE_TTL_MS": "4200"}, False),
+    ],
+)
+def test_a_lease_must_cover_twice_the_refresh_deadline_plus_a_margin(
+    env: dict[str, str], refused: bool
+) -> None:
+    if refused:
+        with pytest.raises(ConfigError, match="LEASE_TTL_MS .* at least twice REFRESH_TIMEOUT_MS"):
+            load_settings(env)
+    else:
+        load_settings(env)
+
+
+@pytest.mark.parametrize("var", ["ENDED_TTL_S", "DEDUPE_TTL_S"])
+def test_retired_variables_are_refused_with_a_pointer(var: str) -> None:
+    with pytest.raises(ConfigError, match=f"{var} is no longer used"):
+        load_settings({var: "600"})
