@@ -35,6 +35,10 @@ SCRIPT_PARTS = {
 # Members of RQ's job hash that each enqueue writes itself.
 _PER_JOB_FIELDS = {"created_at", "enqueued_at", "data", "status", "origin"}
 DRAIN_TIMEOUT_S = 60
+# Most events one commit call may carry: Lua's `unpack` fails at a few thousand items (after earlier
+# writes of the script have landed), and one huge call would stall Redis for everybody. Bigger
+# outcomes are committed in chunks (workers/commit.py); the script refuses more before any write.
+COMMIT_CHUNK_EVENTS = 500
 DRAIN_FAILURE_TTL_S = 24 * 3600
 # Job.create wants a client; building a template never sends a command.
 _OFFLINE = Redis()
@@ -67,6 +71,7 @@ def _constants(settings: Settings) -> dict[str, int]:
         "STATE_TTL_MS": settings.chat_state_ttl_s * 1000,
         "LEASE_TTL_MS": settings.lease_ttl_ms,
         "DRAIN_MARKER_TTL_MS": keys.DRAIN_MARKER_TTL_MS,
+        "COMMIT_CHUNK_EVENTS": COMMIT_CHUNK_EVENTS,
     }
 
 

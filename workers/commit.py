@@ -7,13 +7,14 @@ from collections.abc import Iterator
 from dataclasses import dataclass, field
 
 from shared.models import Event
+from shared.scripts import COMMIT_CHUNK_EVENTS
 from workers.claims import Claim
 from workers.context import WorkerContext
 
-# A commit call carries at most this many events or bytes of event JSON: Lua's `unpack` fails at a few
-# thousand items, and one huge call would stall Redis for everybody. A bigger outcome (a long chat
-# registered late: 20,000 events in one Refresh) is committed in chunks, each atomic.
-CHUNK_EVENTS = 500
+# A commit call carries at most COMMIT_CHUNK_EVENTS events (the script refuses more) and about this many
+# bytes of event JSON. A bigger outcome (a long chat registered late: 20,000 events in one Refresh) is
+# committed in chunks, each atomic.
+CHUNK_EVENTS = COMMIT_CHUNK_EVENTS
 CHUNK_BYTES = 1 << 20
 
 

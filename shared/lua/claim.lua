@@ -4,7 +4,7 @@
 -- Waiting wake-ups are emitted to the sinks here, in the same transaction that takes them.
 -- ARGV: now_ms, token, max, job_base
 -- Returns the claims, each {sid, due_ms, state fields, credential fields, staged fields}.
-local now, token, max, job_base = tonumber(ARGV[1]), ARGV[2], tonumber(ARGV[3]), ARGV[4]
+local now, token, max, job_base = int(ARGV[1]), ARGV[2], int(ARGV[3]), ARGV[4]
 if #ARGV ~= 4 or not now or not max or token == '' or job_base == '' then return bad_args('claim') end
 local claims = {}
 local ready = redis.call('ZRANGEBYSCORE', DIRTY, '-inf', now, 'WITHSCORES', 'LIMIT', 0, max + 64)

@@ -6,20 +6,20 @@
 -- ARGV: sid, token, now_ms, device, cursor, final ('1' the last chunk, '' another follows), alias,
 --       end_reason, gen, again_at_ms ('' none: done unless a push arrived meanwhile),
 --       gap_since_ms ('' no gap), id_base, n_events, then n_events triples (index, type, json),
---       then staged indexes to drop.
-local sid, token, now, device = ARGV[1], ARGV[2], tonumber(ARGV[3]), ARGV[4]
-local cursor, final, alias, reason, gen = tonumber(ARGV[5]), ARGV[6] == '1', ARGV[7], ARGV[8], ARGV[9]
-local again_at, gap_since, id_base, n = ARGV[10], ARGV[11], ARGV[12], tonumber(ARGV[13])
+--       then staged indexes to drop. At most CFG_COMMIT_CHUNK_EVENTS events per call (unpack's limit).
+local sid, token, now, device = ARGV[1], ARGV[2], int(ARGV[3]), ARGV[4]
+local cursor, final, alias, reason, gen = int(ARGV[5]), ARGV[6] == '1', ARGV[7], ARGV[8], ARGV[9]
+local again_at, gap_since, id_base, n = ARGV[10], ARGV[11], ARGV[12], int(ARGV[13])
 local first = 14
-if not now or not cursor or not n or device == '' or id_base == '' or #ARGV < first + 3 * n - 1
-  or (again_at ~= '' and not tonumber(again_at)) or (gap_since ~= '' and not tonumber(gap_since)) then
+if not now or not cursor or not n or n > CFG_COMMIT_CHUNK_EVENTS or device == '' or id_base == '' or #ARGV < first + 3 * n - 1
+  or (again_at ~= '' and not int(again_at)) or (gap_since ~= '' and not int(gap_since)) then
   return bad_args('commit')
 end
 for i = first, first + 3 * n - 1, 3 do
-  if not tonumber(ARGV[i]) then return bad_args('commit') end
+  if not int(ARGV[i]) then return bad_args('commit') end
 end
 for i = first + 3 * n, #ARGV do
-  if not tonumber(ARGV[i]) then return bad_args('commit') end
+  if not int(ARGV[i]) then return bad_args('commit') end
 end
 local lease = P .. 'lease:' .. sid
 if redis.call('GET', lease) ~= token then
@@ -68,7 +68,7 @@ else
   if (redis.call('HGET', skey, 'gen') or '') ~= gen then
     redis.call('ZADD', DIRTY, now, sid)  -- a push arrived while we worked: go again at once
   elseif again_at ~= '' then
-    redis.call('ZADD', DIRTY, tonumber(again_at), sid)
+    redis.call('ZADD', DIRTY, int(again_at), sid)
   else
     redis.call('ZREM', DIRTY, sid)
   end

@@ -14,6 +14,14 @@ local function count(name, by)
   redis.call('HINCRBY', COUNTERS, name, by or 1)
 end
 
+-- A finite integer from an argument, else nil: tonumber alone lets 'nan' and 'inf' through, which
+-- would fail a later ZADD after earlier writes, or poison a stored ordering key.
+local function int(value)
+  local n = tonumber(value)
+  if n and n == n and n ~= math.huge and n ~= -math.huge and n == math.floor(n) then return n end
+  return nil
+end
+
 local function bad_args(script)
   return redis.error_reply('ERR gms-relay ' .. script .. ': malformed arguments')
 end

@@ -13,16 +13,16 @@
 -- position is not below our cursor marks the chat dirty and bumps `gen`: if a Refresh has not started
 -- yet, this one is coalesced with it; if one is in flight, its commit sees `gen` moved and runs again.
 local kind, device, sid = ARGV[1], ARGV[2], ARGV[3]
-local now, job_id = tonumber(ARGV[4]), ARGV[5]
+local now, job_id = int(ARGV[4]), ARGV[5]
 if not now or device == '' or job_id == '' then return bad_args('ingest') end
 local position
 if kind == 't' then
-  position = tonumber(ARGV[6])
-  if #ARGV ~= 10 or not position or not tonumber(ARGV[7]) then return bad_args('ingest') end
+  position = int(ARGV[6])
+  if #ARGV ~= 10 or not position or not int(ARGV[7]) then return bad_args('ingest') end
 elseif kind == 'p' then
   if #ARGV < 7 or (#ARGV - 7) % 2 ~= 0 then return bad_args('ingest') end
   for i = 8, #ARGV, 2 do
-    if not tonumber(ARGV[i]) then return bad_args('ingest') end
+    if not int(ARGV[i]) then return bad_args('ingest') end
   end
 elseif kind ~= 'w' or #ARGV ~= 6 then
   return bad_args('ingest')
@@ -76,7 +76,7 @@ elseif kind == 'p' then
   local staged_key = P .. 'staged:' .. sid
   local fresh = 0
   for i = 8, #ARGV, 2 do
-    if tonumber(ARGV[i]) >= cursor then
+    if int(ARGV[i]) >= cursor then
       fresh = fresh + redis.call('HSETNX', staged_key, ARGV[i], ARGV[i + 1])
     end
   end

@@ -1,7 +1,7 @@
 -- PUT /sessions/{sid}: store a chat's credentials and pull its transcript (from the cursor) once.
 -- ARGV: sid, device, user_id, secure_key, alias, service, now_ms, job_id
 local sid, device, user_id, secure_key = ARGV[1], ARGV[2], ARGV[3], ARGV[4]
-local alias, service, now, job_id = ARGV[5], ARGV[6], tonumber(ARGV[7]), ARGV[8]
+local alias, service, now, job_id = ARGV[5], ARGV[6], int(ARGV[7]), ARGV[8]
 if #ARGV ~= 8 or not now or sid == '' or device == '' or job_id == '' then return bad_args('register') end
 if redis.call('EXISTS', P .. 'ended:' .. sid) == 1 then return 'ended' end
 local skey, ckey = P .. 'session:' .. sid, P .. 'creds:' .. sid

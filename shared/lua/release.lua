@@ -5,8 +5,8 @@
 --   how = 'park': no credentials; emits `chat.credentials_required` once when the chat enters the
 --                 parked set. PUT /sessions (or a trigger carrying the secure key) resumes it.
 --   how = 'drop': nothing left to work on (the chat's state was forgotten or expired).
-local sid, token, how, at, gen = ARGV[1], ARGV[2], ARGV[3], tonumber(ARGV[4]), ARGV[5]
-local now, id_base = tonumber(ARGV[6]), ARGV[7]
+local sid, token, how, at, gen = ARGV[1], ARGV[2], ARGV[3], int(ARGV[4]), ARGV[5]
+local now, id_base = int(ARGV[6]), ARGV[7]
 if #ARGV ~= 7 or not at or not now or id_base == ''
   or (how ~= 'retry' and how ~= 'later' and how ~= 'park' and how ~= 'drop') then
   return bad_args('release')

@@ -2,14 +2,14 @@
 -- pushed past the lease, so a delivery whose worker died is taken again when the lease ends.
 -- ARGV: now_ms, lease_ms, token, then one capacity per sink.
 -- Returns a list of {id, sink, sid, body, attempts}.
-local now, lease, token = tonumber(ARGV[1]), tonumber(ARGV[2]), ARGV[3]
+local now, lease, token = int(ARGV[1]), int(ARGV[2]), ARGV[3]
 if not now or not lease or token == '' then return bad_args('take_deliveries') end
 for i = 4, #ARGV do
-  if not tonumber(ARGV[i]) then return bad_args('take_deliveries') end
+  if not int(ARGV[i]) then return bad_args('take_deliveries') end
 end
 local capacity, room = {}, 0
 for i = 4, #ARGV do
-  capacity[i - 4] = tonumber(ARGV[i])
+  capacity[i - 4] = int(ARGV[i])
   room = room + capacity[i - 4]
 end
 local taken = {}
