@@ -16,7 +16,7 @@ def test_defaults_split_credentials_from_chat_state() -> None:
 
 
 def test_credentials_may_not_outlive_the_chat_state() -> None:
-    with pytest.raises(ConfigError, match="SESSION_IDLE_TTL_S .* must not exceed CHAT_STATE_TTL_S"):
+    with pytest.raises(ConfigError, match=r"SESSION_IDLE_TTL_S .* must not exceed CHAT_STATE_TTL_S"):
         load_settings({"SESSION_IDLE_TTL_S": "100", "CHAT_STATE_TTL_S": "99"})
     assert load_settings({"SESSION_IDLE_TTL_S": "100", "CHAT_STATE_TTL_S": "100"}).chat_state_ttl_s == 100
 
@@ -34,7 +34,7 @@ def test_a_lease_must_cover_twice_the_refresh_deadline_plus_a_margin(
     env: dict[str, str], refused: bool
 ) -> None:
     if refused:
-        with pytest.raises(ConfigError, match="LEASE_TTL_MS .* at least twice REFRESH_TIMEOUT_MS"):
+        with pytest.raises(ConfigError, match=r"LEASE_TTL_MS .* at least twice REFRESH_TIMEOUT_MS"):
             load_settings(env)
     else:
         load_settings(env)

@@ -24,6 +24,15 @@ log = logging.getLogger("gms_relay.worker")
 
 MAX_BACKOFF_MS = 2000
 SLOW_RETRY_MS = 15000
+# A multi-Chat-Server GMS refuses a stale alias with the same answer (HTTP 400 / statusCode 2) that
+# reports an ended chat. So a first such answer only suspects the end: the chat is tried again once,
+# at once if a newer alias arrived meanwhile, else after this long (the trigger that carries the new
+# alias is usually milliseconds behind), or as soon as the next push arrives. A second refusal with
+# the same alias ends it.
+SUSPECT_WAIT_MS = 250
+# ... and this long when the attempt before failed on our side: that Refresh may have reached GMS
+# and changed the alias in the answer we lost; only the chat's next trigger (app-dbid) can tell.
+SUSPECT_WAIT_AFTER_LOSS_MS = SLOW_RETRY_MS
 
 
 def process(ctx: WorkerContext, claim: Claim, token: str) -> None:
@@ -91,6 +100,14 @@ def _refresh(ctx: WorkerContext, claim: Claim, token: str, end_reason: str = "")
         )
         return
     if result.verdict is RefreshVerdict.FATAL:
+        if not end_reason and fields.get("suspect") != creds.alias:
+            wait = SUSPECT_WAIT_AFTER_LOSS_MS if claim.retries else SUSPECT_WAIT_MS
+            release(ctx, claim, token, "suspect", now_ms() + wait, alias=creds.alias)
+            log.warning(
+                "refresh refused; the alias may be stale: trying again before ending the chat",
+                extra={"session_id": claim.session_id, "reason": result.reason},
+            )
+            return
         _commit(ctx, claim, token, Outcome(cursor=position, end_reason=end_reason or "fatal"))
         return
     response = result.response

@@ -80,8 +80,9 @@ def commit(ctx: WorkerContext, claim: Claim, token: str, outcome: Outcome) -> bo
     return True
 
 
-def release(ctx: WorkerContext, claim: Claim, token: str, how: str, at_ms: int = 0) -> str:
-    """Give the chat back without delivering: 'retry', 'later', 'park' or 'drop' (see release.lua)."""
-    args = [claim.session_id, token, how, str(at_ms), claim.gen, str(now_ms()), ctx.job_id("wh")]
+def release(ctx: WorkerContext, claim: Claim, token: str, how: str, at_ms: int = 0, alias: str = "") -> str:
+    """Give the chat back without delivering: 'retry', 'later', 'park', 'suspect' (with the alias the
+    refused Refresh used) or 'drop' (see release.lua)."""
+    args = [claim.session_id, token, how, str(at_ms), claim.gen, str(now_ms()), ctx.job_id("wh"), alias]
     result = ctx.scripts["release"](args=args)
     return result.decode() if isinstance(result, bytes) else str(result)

@@ -59,8 +59,9 @@ else
   take_alias(fields, redis.call('HGET', skey, 'alias_key'), alias, 2 * cursor)
   if gap_since ~= '' then
     fields[#fields + 1] = 'gap_since'; fields[#fields + 1] = gap_since
+    redis.call('HDEL', skey, 'suspect')
   else
-    redis.call('HDEL', skey, 'gap_since')
+    redis.call('HDEL', skey, 'gap_since', 'suspect')  -- GMS answered: the alias was not stale
   end
   redis.call('HSET', skey, unpack(fields))
   redis.call('PEXPIRE', skey, CFG_STATE_TTL_MS)

@@ -56,7 +56,7 @@ if kind == 't' then
     redis.call('HSET', ckey, unpack(creds))
     redis.call('PEXPIRE', ckey, CFG_CREDS_TTL_MS)
   end
-  local state = redis.call('HMGET', skey, 'cursor', 'alias_key')
+  local state = redis.call('HMGET', skey, 'cursor', 'alias_key', 'suspect')
   if position == -1 then
     fields[#fields + 1] = 'end'; fields[#fields + 1] = 'removed'
     if not state[2] then take_alias(fields, state[2], app_dbid, 0) end
@@ -68,6 +68,9 @@ if kind == 't' then
   else
     take_alias(fields, state[2], app_dbid, 2 * position + 1)
   end
+  -- GMS refused the last Refresh as if the chat had ended, perhaps for a stale alias (release.lua,
+  -- 'suspect'): this trigger may carry the new one, so try again now, not when the wait ends.
+  if state[3] then redis.call('ZADD', DIRTY, 'LT', now, sid) end
 elseif kind == 'p' then
   if ARGV[6] == '1' then fields[#fields + 1] = 'end'; fields[#fields + 1] = 'chatEnded' end
   if ARGV[7] ~= '' then fields[#fields + 1] = 'alias'; fields[#fields + 1] = ARGV[7] end

@@ -1,14 +1,17 @@
 -- Give a claimed chat back without delivering.
--- ARGV: sid, token, how, at_ms, gen, now_ms, id_base
+-- ARGV: sid, token, how, at_ms, gen, now_ms, id_base, alias
 --   how = 'retry': a refresh failed; due again at at_ms (the caller's backoff grows with `retries`).
 --   how = 'later': waiting for a gap in payload indexes to fill; due again at at_ms.
 --   how = 'park': no credentials; emits `chat.credentials_required` once when the chat enters the
 --                 parked set. PUT /sessions (or a trigger carrying the secure key) resumes it.
+--   how = 'suspect': GMS refused the Refresh as if the chat had ended, perhaps only because `alias` (the
+--                 one it used) is stale; due again at once if a newer alias is stored, else at at_ms
+--                 or with the next push. The worker ends the chat if it is refused again with it.
 --   how = 'drop': nothing left to work on (the chat's state was forgotten or expired).
 local sid, token, how, at, gen = ARGV[1], ARGV[2], ARGV[3], int(ARGV[4]), ARGV[5]
-local now, id_base = int(ARGV[6]), ARGV[7]
-if #ARGV ~= 7 or not at or not now or id_base == ''
-  or (how ~= 'retry' and how ~= 'later' and how ~= 'park' and how ~= 'drop') then
+local now, id_base, alias = int(ARGV[6]), ARGV[7], ARGV[8]
+if #ARGV ~= 8 or not at or not now or id_base == '' or (how ~= 'retry' and how ~= 'later'
+  and how ~= 'park' and how ~= 'suspect' and how ~= 'drop') then
   return bad_args('release')
 end
 local lease = P .. 'lease:' .. sid
@@ -18,7 +21,7 @@ if redis.call('GET', lease) ~= token then
 end
 redis.call('DEL', lease)
 local skey = P .. 'session:' .. sid
-local state = redis.call('HMGET', skey, 'gen', 'deviceId')
+local state = redis.call('HMGET', skey, 'gen', 'deviceId', 'alias')
 local unchanged = (state[1] or '') == gen
 if not state[2] then how = 'drop' end  -- never re-create a forgotten chat's hash (it would have no TTL)
 if how == 'retry' then
@@ -31,6 +34,11 @@ if how == 'retry' then
 elseif how == 'later' then
   redis.call('ZADD', DIRTY, at, sid)
   return 'later'
+elseif how == 'suspect' then
+  redis.call('HSET', skey, 'suspect', alias)
+  local newer = (state[3] or '') ~= alias
+  redis.call('ZADD', DIRTY, (newer or not unchanged) and now or at, sid)
+  return 'suspect'
 end
 if unchanged then redis.call('ZREM', DIRTY, sid) end
 if how == 'drop' then return 'drop' end

@@ -219,3 +219,63 @@ def test_repeated_trigger_keys_never_wait_for_a_resend(
     repeated = Counter((r.chat_id, r.position) for r in records if r.attempt == 0)
     assert max(repeated.values()) > 1  # the case under test: fresh triggers sharing one key
     assert [r for r in records if r.resend] == []
+
+
+def test_a_trigger_with_a_new_alias_rescues_a_refresh_refused_for_the_old_one(
+    redis_server: RedisServer, redis_client: redis.Redis, chat_server: ChatServer
+) -> None:
+    """The session moves to another Chat Server (a new alias) just as the relay refreshes with the old
+    one: GMS refuses it like an ended chat, while the trigger carrying the new `app-dbid` is already on
+    its way. The relay does not end the chat: it refreshes again with the newer alias."""
+    store = chat_server.store
+    chat = store.create_chat(
+        service=SERVICE, nickname="Kim", device_id="dev-moved", mode="reliable", flex_app_dbid=True
+    )
+    with (
+        relay_with_sink(redis_server, chat_server, REFRESH_TIMEOUT_MS="3000", LEASE_TTL_MS="6400") as (
+            relay,
+            _receiver,
+        ),
+        PushSender(f"{relay.base_url}/push", store, resend_delay_s=60),
+    ):
+        register(relay, chat)
+        wait_for(lambda: indexes(redis_client, chat) == [1])
+        store.switch_alias(chat.chat_id)  # nothing tells the relay yet
+        chat_server.faults.refresh_delay_ms = 300  # the refusal takes a while to come back
+        wakeup = {"deviceId": chat.device_id, "message": "dummy message"}  # refresh with the old alias
+        assert httpx.post(f"{relay.base_url}/push", json=wakeup).json() == {"status": "queued"}
+        wait_for(lambda: redis_client.exists(keys.lease(chat.chat_id)) == 1, step_s=0.005)
+        agent_says(chat_server, chat, "hello")  # its trigger carries the new app-dbid
+        wait_for(lambda: indexes(redis_client, chat) == [1, 2])
+        chat_server.faults.refresh_delay_ms = 0
+    outcomes = [r.outcome for r in chat_server.log.records(chat.chat_id)]
+    assert "alias_error" in outcomes and outcomes[-1] == "ok"
+    assert not redis_client.exists(keys.ended(chat.chat_id))
+
+
+def test_an_alias_change_lost_with_a_timed_out_refresh_is_repaired_by_the_next_trigger(
+    redis_server: RedisServer, redis_client: redis.Redis, chat_server: ChatServer
+) -> None:
+    """A Refresh that timed out on our side reached GMS and changed the alias: the relay's retries use
+    the old alias and are refused. The chat is not ended; the next trigger's `app-dbid` gives the new
+    alias and the relay fetches from its cursor, the lost answer's events included."""
+    store = chat_server.store
+    chat = store.create_chat(
+        service=SERVICE, nickname="Kim", device_id="dev-lost", mode="reliable", flex_app_dbid=True
+    )
+    with (
+        relay_with_sink(redis_server, chat_server) as (relay, _receiver),
+        PushSender(f"{relay.base_url}/push", store, resend_delay_s=60),
+    ):
+        register(relay, chat)
+        wait_for(lambda: indexes(redis_client, chat) == [1])
+        faults = chat_server.faults
+        faults.refresh_delay_ms, faults.alias_change = 700, 1.0  # answered after our 400 ms deadline
+        agent_says(chat_server, chat, "hello")
+        wait_for(lambda: len(store.get(chat.chat_id, with_events=False).aliases) > 1)  # type: ignore[union-attr]
+        faults.refresh_delay_ms, faults.alias_change = 0, 0.0
+        wait_for(lambda: chat_server.log.count(chat.chat_id, "alias_error") > 0)  # retries: old alias
+        agent_says(chat_server, chat, "are you there?")
+        wait_for(lambda: indexes(redis_client, chat) == [1, 2, 3])
+    assert not redis_client.exists(keys.ended(chat.chat_id))
+    assert chat_server.log.records(chat.chat_id)[-1].alias_kind == "current"

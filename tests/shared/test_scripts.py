@@ -181,9 +181,11 @@ class Relay:
             at = cursor if final else chunk[-1].index + 1
             assert self.commit(claim, token, at, chunk, final=final) == 1
 
-    def release(self, claim: Claim, token: str, how: str, at: int | str = 0, now: int | None = None) -> str:
+    def release(
+        self, claim: Claim, token: str, how: str, at: int | str = 0, now: int | None = None, alias: str = ""
+    ) -> str:
         args = [claim.session_id, token, how, str(at), claim.gen, str(now or now_ms()), self.new_id("wh")]
-        return text(self.run("release", args))
+        return text(self.run("release", [*args, alias]))
 
     # workers/webhooks.py
     def take(self, token: str = "lease-1", now: int | None = None, lease_ms: int = 10_000) -> list[Any]:
@@ -575,8 +577,8 @@ MALFORMED_OTHERS = {
     "commit-drop": ("commit", ["s1", "tok-a", "1", DEVICE, "2", "1", "", "", "1", "", "", "wh", "0", "x"]),
     "commit-again-at": ("commit", ["s1", "tok-a", "1", DEVICE, "2", "1", "", "", "1", "soon", "", "wh", "0"]),
     "commit-no-device": ("commit", ["s1", "tok-a", "1", "", "2", "1", "", "", "1", "", "", "wh", "0"]),
-    "release-how": ("release", ["s1", "tok-a", "maybe", "0", "1", "1700000000000", "wh"]),
-    "release-at": ("release", ["s1", "tok-a", "retry", "soon", "1", "1700000000000", "wh"]),
+    "release-how": ("release", ["s1", "tok-a", "maybe", "0", "1", "1700000000000", "wh", ""]),
+    "release-at": ("release", ["s1", "tok-a", "retry", "soon", "1", "1700000000000", "wh", ""]),
     "take-capacity": ("take_deliveries", ["1700000000000", "1000", "tok", "many"]),
     "done-now": ("delivery_done", ["d-1", "d-2", "now"]),
     "failed-retry-at": ("delivery_failed", ["d-1", "tok", "soon"]),
@@ -619,7 +621,7 @@ def test_non_finite_numbers_are_refused_and_write_nothing(
     elif script == "commit":
         args = relay.commit_args(claim, "tok-a", 2, [event(1)], final=False, now=value)
     else:
-        args = [claim.session_id, "tok-a", "retry", value, claim.gen, str(now_ms()), "wh"]
+        args = [claim.session_id, "tok-a", "retry", value, claim.gen, str(now_ms()), "wh", ""]
     before = snapshot(relay.redis)
     try:
         relay.run(script, args)
@@ -880,6 +882,26 @@ def test_release_retry_counts_and_reschedules(relay: Relay) -> None:
     assert relay.session("s1")["retries"] == "2"
     assert relay.commit(relay.claim_one("s1", now=at + 600), "tok-a", 2, [event(1)]) == 1
     assert relay.session("s1")["retries"] == "0"
+
+
+def test_release_suspect_retries_at_once_when_a_newer_alias_is_known(relay: Relay) -> None:
+    relay.trigger("s1", 1, app_dbid="a-1")
+    claim = relay.claim_one("s1")
+    later = now_ms() + 250
+    # Refused with the alias that is still the newest known: wait (or for the next push).
+    assert relay.release(claim, "tok-a", "suspect", later, alias="a-1") == "suspect"
+    assert relay.session("s1")["suspect"] == "a-1"
+    assert relay.dirty("s1") == later
+    # A trigger with a newer app-dbid arrived while the refused Refresh ran: go again at once.
+    claim = relay.claim_one("s1", now=later)
+    relay.trigger("s1", 1, app_dbid="a-2")
+    before = now_ms()
+    assert relay.release(claim, "tok-a", "suspect", before + 250, alias="a-1") == "suspect"
+    assert (relay.dirty("s1") or 0) < before + 250
+    # A commit (GMS answered) clears the suspicion.
+    claim = relay.claim_one("s1", now=before + 1000)
+    assert relay.commit(claim, "tok-a", 1, []) == 1
+    assert "suspect" not in relay.session("s1")
 
 
 def test_release_later_reschedules_without_counting(relay: Relay) -> None:
