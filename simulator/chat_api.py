@@ -1,7 +1,8 @@
 """Chat API v2 of the simulated GMS: Request Chat, Send, Refresh, Disconnect, with switchable faults.
 
 Every Refresh is recorded (key and alias used, outcome) so tests can prove the relay never used the
-CometD key, kept the latest alias, and how often it called.
+CometD key, kept the latest alias, and how often it called. Like a GMS in front of several Chat Servers,
+which routes a session's calls by alias, it rejects calls whose alias is missing, unknown or stale.
 """
 
 from __future__ import annotations
@@ -24,13 +25,20 @@ from simulator.transcript import Chat, ChatStore, EventSpec, Mode
 
 KeyKind = Literal["rest", "cometd", "missing", "other"]
 AliasKind = Literal["current", "stale", "missing", "unknown"]
-Outcome = Literal["ok", "http503", "status1", "http400_end", "auth_error", "unknown_chat", "bad_request"]
+Outcome = Literal[
+    "ok", "http503", "status1", "http400_end", "auth_error", "alias_error", "unknown_chat", "bad_request"
+]
 _BASE = "/genesys/2/chat/{service}"
+# The `errors[].code` of an alias rejection. Genesys documents no code for it; the simulator's own
+# codes are 100 (retry), 101 (bad request), 102 (session or credentials), 103 (agent disconnected).
+ALIAS_ERROR_CODE = 104
 
 
 @dataclass
 class Faults:
-    """Fault switches, read on every Refresh; change them at any time from any thread."""
+    """Fault switches, read on every Refresh; change them at any time from any thread. `alias_switch`
+    and `ahead_rate` are read by the ChatStore once per pushed event batch of a reliable chat (the
+    ChatServer hands its Faults to its store): they are Chat Server behaviour, not Chat API replies."""
 
     fail_refresh_http503: float = 0.0  # probability of HTTP 503
     fail_refresh_status1: float = 0.0  # probability of statusCode 1 (worth retrying)
@@ -39,6 +47,14 @@ class Faults:
     refresh_delay_ms: int = 0
     fail_until: float = 0.0  # time.monotonic() deadline: every refresh answers 503 until it passes
     alias_change: float = 0.0  # probability a successful refresh hands out a new alias
+    # Probability per pushed batch that the alias changes outside any Refresh (the session moved to
+    # another Chat Server); only chats whose triggers carry `app-dbid` (flex_app_dbid) switch.
+    alias_switch: float = 0.0
+    # Probability per pushed batch that another client of the customer fetches it at once (not through
+    # the relay): the batch's triggers then carry a notify-position beyond what the relay has fetched.
+    ahead_rate: float = 0.0
+    # Refresh, Send and Disconnect answer HTTP 400 / statusCode 2 unless `alias` is the chat's current one.
+    require_alias: bool = True
     rng: random.Random = field(default_factory=random.Random)
 
     def fail_for(self, seconds: float) -> None:
@@ -152,6 +168,9 @@ class ChatApi:
         chat = self.store.get(request.path_params["chat_id"], with_events=False)
         if chat is None or not _credentials_ok(chat, params):
             return _error(102, "Chat session not found or credentials invalid")
+        kind = _alias_kind(chat, params.get("alias"))
+        if self.faults.require_alias and kind != "current":
+            return _alias_error(kind)
         if action == "send":
             self.store.append(chat.chat_id, [_customer_message(params.get("message", ""))])
         elif action == "disconnect":
@@ -199,6 +218,9 @@ class ChatApi:
         if not record.user_id_ok or record.key_kind != "rest":
             record.outcome, record.status_code = "auth_error", 2
             return _error(102, "Invalid userId or secureKey")
+        if faults.require_alias and record.alias_kind != "current":
+            record.outcome, record.http_status, record.status_code = "alias_error", 400, 2
+            return _alias_error(record.alias_kind)
         end400 = faults.fail_refresh_http400_end
         if chat.agent_disconnected or (
             chat.chat_id in end400 if isinstance(end400, set) else faults.roll(end400)
@@ -231,6 +253,16 @@ class ChatApi:
                 "messages": result.events,
             }
         )
+
+
+def _alias_error(kind: AliasKind) -> Response:
+    """What a multi-Chat-Server GMS answers when it cannot route by the alias given."""
+    advice = {
+        "missing": "alias is required",
+        "stale": "alias is no longer valid for this session: use the latest alias",
+        "unknown": "unknown alias",
+    }.get(kind, "invalid alias")
+    return _error(ALIAS_ERROR_CODE, advice, status=400)
 
 
 def _customer_message(text: str) -> EventSpec:

@@ -46,15 +46,48 @@ def _parser() -> argparse.ArgumentParser:
         "--flex-secure-key", type=float, default=0.0, help="share of reliable chats sending secure-key"
     )
     p.add_argument(
+        "--app-dbid",
+        type=float,
+        default=0.0,
+        help="share of reliable chats whose triggers carry app-dbid (the alias); always with secure-key",
+    )
+    p.add_argument(
+        "--late-rate",
+        type=float,
+        default=0.0,
+        help="probability a trigger is held back on its way (position and app-dbid read when sent)",
+    )
+    p.add_argument("--late-delay-ms", type=int, default=200, help="how long a late trigger is held back (ms)")
+    p.add_argument(
         "--fail-refresh-503", type=float, default=0.0, help="probability a Refresh answers HTTP 503"
     )
     p.add_argument("--fail-refresh-status1", type=float, default=0.0, help="probability of statusCode 1")
     p.add_argument(
         "--fail-refresh-400", type=float, default=0.0, help="probability the agent disconnects (400)"
     )
-    p.add_argument("--refresh-delay-ms", type=int, default=0)
+    p.add_argument(
+        "--refresh-delay-ms", type=int, default=0, help="delay before every Refresh is answered (slow GMS)"
+    )
     p.add_argument(
         "--alias-change", type=float, default=0.0, help="probability a Refresh hands out a new alias"
+    )
+    p.add_argument(
+        "--alias-switch",
+        type=float,
+        default=0.0,
+        help="probability per event batch that the alias changes outside any Refresh (app-dbid chats only)",
+    )
+    p.add_argument(
+        "--ahead-rate",
+        type=float,
+        default=0.0,
+        help="probability per event batch that another client of the customer fetches it at once",
+    )
+    p.add_argument(
+        "--no-require-alias",
+        dest="require_alias",
+        action="store_false",
+        help="accept calls with a missing, unknown or stale alias (default: HTTP 400, as GMS routes by it)",
     )
     p.add_argument(
         "--settle", type=float, default=30.0, help="seconds to wait for acknowledgements at the end"
@@ -88,9 +121,14 @@ def summary(report: Report) -> str:
         [
             f"chats: {t.chats} ({modes}); events: {t.events} in {report.duration_s:.1f} s",
             f"pushes: sent {t.pushes_sent}, acked (200) {t.pushes_acked}, rejected {t.pushes_rejected}",
-            f"reliable: resends {t.resends}, duplicates {t.duplicates}, exhausted {t.exhausted}",
+            f"reliable: triggers {t.triggers}, resends {t.resends} "
+            f"({t.resends_per_1000_triggers:.1f} per 1,000 triggers), duplicates {t.duplicates}, "
+            f"late {t.late}, exhausted {t.exhausted}",
+            f"chat server: alias switches {t.alias_switches}, "
+            f"other-client refreshes {t.other_client_refreshes}",
             f"refreshes: {t.refreshes} (ok {t.refreshes_ok}, with CometD key {t.refreshes_cometd_key}, "
-            f"stale alias {t.refreshes_stale_alias}); failed registrations {t.registrations_failed}",
+            f"stale alias {t.refreshes_stale_alias}, missing alias {t.refreshes_missing_alias}, "
+            f"alias errors {t.refreshes_alias_error}); failed registrations {t.registrations_failed}",
             f"settled: {report.settled}",
         ]
     )
@@ -104,6 +142,9 @@ def main(argv: list[str] | None = None) -> int:
         fail_refresh_http400_end=args.fail_refresh_400,
         refresh_delay_ms=args.refresh_delay_ms,
         alias_change=args.alias_change,
+        alias_switch=args.alias_switch,
+        ahead_rate=args.ahead_rate,
+        require_alias=args.require_alias,
     )
     config = ScenarioConfig(
         chats=args.chats,
@@ -115,6 +156,9 @@ def main(argv: list[str] | None = None) -> int:
         resend_attempts=args.resend_attempts,
         duplicate_rate=args.duplicate_rate,
         flex_secure_key_rate=args.flex_secure_key,
+        app_dbid_rate=args.app_dbid,
+        late_rate=args.late_rate,
+        late_delay_ms=args.late_delay_ms,
         api_url=args.api_url or api_url_from(args.push_url),
         api_token=args.api_token,
         forever=args.forever,

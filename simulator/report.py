@@ -21,6 +21,9 @@ class ChatReport(msgspec.Struct, kw_only=True):
     aliases: list[str]  # every alias handed out, oldest first
     ended: bool
     flex_secure_key: bool
+    flex_app_dbid: bool
+    alias_switches: int  # alias changes outside any Refresh
+    other_client_refreshes: int  # Refreshes by another client of the customer (ahead notifications)
     registration_status: int | None  # HTTP status of PUT /sessions/{id}; 0 transport error; None: not sent
     transcript: list[dict[str, Any]]
     pushes: PushStats
@@ -34,13 +37,20 @@ class Totals(msgspec.Struct, kw_only=True):
     pushes_sent: int = 0
     pushes_acked: int = 0
     pushes_rejected: int = 0
+    triggers: int = 0  # fresh triggers (attempt 0), exact duplicates not counted
     resends: int = 0
+    resends_per_1000_triggers: float = 0.0
     duplicates: int = 0
+    late: int = 0  # pushes held back on the way
     exhausted: int = 0
+    alias_switches: int = 0
+    other_client_refreshes: int = 0
     refreshes: int = 0
     refreshes_ok: int = 0
     refreshes_cometd_key: int = 0  # must stay 0: the message-level key is CometD-only
-    refreshes_stale_alias: int = 0
+    refreshes_stale_alias: int = 0  # sent an alias the chat had before (rejected if require_alias)
+    refreshes_missing_alias: int = 0  # sent no alias at all
+    refreshes_alias_error: int = 0  # answered HTTP 400 because the alias was missing, unknown or stale
     registrations_failed: int = 0
 
 
@@ -94,6 +104,9 @@ def build_report(
                 aliases=chat.aliases,
                 ended=chat.ended,
                 flex_secure_key=chat.flex_secure_key,
+                flex_app_dbid=chat.flex_app_dbid,
+                alias_switches=chat.alias_switches,
+                other_client_refreshes=chat.other_client_refreshes,
                 registration_status=registrations.get(chat_id),
                 transcript=chat.events,
                 pushes=stats,
@@ -106,14 +119,22 @@ def build_report(
         totals.pushes_sent += stats.sent
         totals.pushes_acked += stats.acked
         totals.pushes_rejected += stats.rejected
+        totals.triggers += stats.triggers
         totals.resends += stats.resends
         totals.duplicates += stats.duplicates
+        totals.late += stats.late
         totals.exhausted += stats.exhausted
+        totals.alias_switches += chat.alias_switches
+        totals.other_client_refreshes += chat.other_client_refreshes
         totals.refreshes += len(refreshes)
         totals.refreshes_ok += sum(1 for r in refreshes if r.outcome == "ok")
         totals.refreshes_cometd_key += sum(1 for r in refreshes if r.key_kind == "cometd")
         totals.refreshes_stale_alias += sum(1 for r in refreshes if r.alias_kind == "stale")
+        totals.refreshes_missing_alias += sum(1 for r in refreshes if r.alias_kind == "missing")
+        totals.refreshes_alias_error += sum(1 for r in refreshes if r.outcome == "alias_error")
         totals.registrations_failed += not 200 <= registrations.get(chat_id, 200) < 300
+    if totals.triggers:
+        totals.resends_per_1000_triggers = round(1000 * totals.resends / totals.triggers, 2)
     return Report(
         push_url=push_url,
         chat_api_url=chat_api_url,

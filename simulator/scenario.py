@@ -13,7 +13,7 @@ from typing import Literal
 
 import httpx
 
-from simulator.chat_api import Faults
+from simulator.chat_api import ALIAS_ERROR_CODE, Faults
 from simulator.report import Report, build_report
 from simulator.sender import PushSender
 from simulator.server import ChatServer
@@ -28,6 +28,14 @@ _LINES = (
     "One moment please.",
     "Done: anything else?",
 )
+_ALIAS_RETRIES = 5
+
+
+def _error_code(response: httpx.Response) -> object:
+    try:
+        return response.json()["errors"][0]["code"]
+    except (ValueError, LookupError, TypeError):
+        return None
 
 
 def agent_activity(rng: random.Random, roll: float) -> list[EventSpec]:
@@ -62,6 +70,11 @@ class ScenarioConfig:
     duplicate_rate: float = 0.0
     string_message_rate: float = 0.5  # payload `message` sent as a string holding JSON
     flex_secure_key_rate: float = 0.0  # share of reliable chats whose triggers carry `secure-key`
+    # Share of reliable chats whose triggers carry `app-dbid` (flex-push-content includes it). Chats with
+    # secure-key always carry it too: a relay that takes its key from the trigger has no other alias.
+    app_dbid_rate: float = 0.0
+    late_rate: float = 0.0  # share of triggers held back `late_delay_ms` on the way (later ones overtake)
+    late_delay_ms: int = 200
     unknown_member_rate: float = 0.25  # share of events carrying the unknown member "x-sim"
     customer_message_rate: float = 0.1  # share of bursts that are a customer Send through the Chat API
     api_url: str | None = None  # relay base URL for PUT /sessions/{id}; None: no registration
@@ -71,6 +84,8 @@ class ScenarioConfig:
     settle_timeout_s: float = 30.0  # how long to wait for replies and acknowledgements at the end
     http_timeout_s: float = 10.0
     seed: int | None = None
+    # Refresh faults and Chat Server noise (alias_change, alias_switch, ahead_rate, require_alias); used
+    # only when run_scenario starts its own ChatServer (otherwise that server's `faults` apply).
     faults: Faults = field(default_factory=Faults)
 
 
@@ -79,7 +94,7 @@ class _Live:
     chat_id: str
     user_id: str
     secure_key: str
-    alias: str
+    alias: str  # from Request Chat; calls use the chat's current alias (it changes)
     remaining: int
 
 
@@ -126,7 +141,11 @@ class _Driver:
         )
         live = _Live(str(body["chatId"]), str(body["userId"]), str(body["secureKey"]), str(body["alias"]), 0)
         flex = mode == "reliable" and self.rng.random() < config.flex_secure_key_rate
-        self.server.store.configure(live.chat_id, flex_secure_key=flex)
+        # Rolled only when asked for, so seeded runs without app-dbid draw the same numbers as before.
+        app_dbid = flex or (
+            mode == "reliable" and config.app_dbid_rate > 0 and self.rng.random() < config.app_dbid_rate
+        )
+        self.server.store.configure(live.chat_id, flex_secure_key=flex, flex_app_dbid=app_dbid)
         if mode == "reliable" and not flex and config.api_url and config.api_token:
             self.registrations[live.chat_id] = self._register(live, device_id)
         # The agent joining is the chat's first push.
@@ -169,9 +188,7 @@ class _Driver:
         rng = self.rng
         roll = rng.random()
         if roll < self.config.customer_message_rate:
-            form = {"userId": live.user_id, "secureKey": live.secure_key, "alias": live.alias}
-            url = f"{self.server.base_url}/genesys/2/chat/{self.config.service}/{live.chat_id}/send"
-            self.client.post(url, data={**form, "message": "Thanks!"}).raise_for_status()
+            self._call(live, "send", {"message": "Thanks!"})
             specs: list[EventSpec] = []
             count = 1
         else:
@@ -184,9 +201,21 @@ class _Driver:
         return count
 
     def close(self, live: _Live) -> None:
-        form = {"userId": live.user_id, "secureKey": live.secure_key, "alias": live.alias}
-        url = f"{self.server.base_url}/genesys/2/chat/{self.config.service}/{live.chat_id}/disconnect"
-        self.client.post(url, data=form).raise_for_status()
+        self._call(live, "disconnect", {})
+
+    def _call(self, live: _Live, action: str, form: dict[str, str]) -> None:
+        """Send or Disconnect as the chat app, with the chat's current alias: it changes on Refresh
+        responses and outside them, and GMS rejects a stale one. A Refresh can change it between our
+        read and our call, so an alias error is retried with the alias read again (bounded)."""
+        url = f"{self.server.base_url}/genesys/2/chat/{self.config.service}/{live.chat_id}/{action}"
+        for _ in range(_ALIAS_RETRIES):
+            chat = self.server.store.get(live.chat_id, with_events=False)
+            alias = chat.alias if chat is not None else live.alias
+            creds = {"userId": live.user_id, "secureKey": live.secure_key, "alias": alias}
+            response = self.client.post(url, data={**creds, **form})
+            if response.status_code != 400 or _error_code(response) != ALIAS_ERROR_CODE:
+                break
+        response.raise_for_status()
 
 
 def run_scenario(
@@ -211,6 +240,8 @@ def run_scenario(
         resend_attempts=config.resend_attempts,
         duplicate_rate=config.duplicate_rate,
         string_message_rate=config.string_message_rate,
+        late_rate=config.late_rate,
+        late_delay_ms=config.late_delay_ms,
         timeout_s=config.http_timeout_s,
         rng=random.Random(None if config.seed is None else config.seed + 1),
     )

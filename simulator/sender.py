@@ -3,10 +3,14 @@
 Like a GMS node it POSTs one push at a time on one keep-alive connection; the next leaves only after
 the reply to the previous one. In reliable mode it also plays Chat Server: a trigger not acknowledged by
 a Refresh within `resend_delay_s` is sent again with `notify-attempt` + 1, up to `resend_attempts` times.
+A trigger's notify-position and `app-dbid` are read when Chat Server sends it; `late_rate` of the
+triggers are then held back `late_delay_ms` on the way (on a node), and later pushes overtake them.
 """
 
 from __future__ import annotations
 
+import heapq
+import itertools
 import queue
 import random
 import threading
@@ -35,6 +39,8 @@ class PushRecord(msgspec.Struct, kw_only=True):
     attempt: int | None = None  # trigger notify-attempt
     resend: bool = False
     duplicate: bool = False
+    app_dbid: str | None = None  # trigger `app-dbid` (flex_app_dbid chats): the alias when it was sent
+    late: bool = False  # held back late_delay_ms between Chat Server and the POST
     as_string: bool = False  # payload `message` sent as a string holding JSON
     status: int | None = None  # HTTP status; None on a transport error
     error: str | None = None
@@ -49,8 +55,10 @@ class PushStats(msgspec.Struct, kw_only=True):
     sent: int = 0
     acked: int = 0
     rejected: int = 0
+    triggers: int = 0  # fresh triggers (attempt 0, the -1 ones too), not counting exact duplicates
     resends: int = 0
     duplicates: int = 0
+    late: int = 0  # pushes held back late_delay_ms (duplicates of late triggers included)
     exhausted: int = 0  # triggers dropped after the last resend went unacknowledged
 
 
@@ -62,6 +70,7 @@ class _ChatInfo(NamedTuple):
     secure_key: str
     cometd_key: str
     flex_secure_key: bool
+    flex_app_dbid: bool
     payload_as_string: bool | None
 
 
@@ -86,6 +95,8 @@ class PushSender:
         resend_attempts: int = 3,
         duplicate_rate: float = 0.0,
         string_message_rate: float = 0.5,
+        late_rate: float = 0.0,
+        late_delay_ms: int = 200,
         timeout_s: float = 10.0,
         rng: random.Random | None = None,
     ) -> None:
@@ -95,6 +106,8 @@ class PushSender:
         self.resend_attempts = resend_attempts
         self.duplicate_rate = duplicate_rate
         self.string_message_rate = string_message_rate
+        self.late_rate = late_rate
+        self.late_delay_ms = late_delay_ms
         self._timeout_s = timeout_s
         self._rng = rng or random.Random()
         self._queue: queue.Queue[_Outgoing] = queue.Queue()
@@ -102,7 +115,10 @@ class PushSender:
         self._records: list[PushRecord] = []
         self._exhausted: dict[str, int] = {}
         self._chats: dict[str, _ChatInfo] = {}
-        self._busy = 0  # queued items plus resend passes in progress
+        self._busy = 0  # queued items, held late pushes and resend passes in progress
+        # Late pushes, due time first: (time.monotonic() due, sequence, body, records). Sender thread only.
+        self._late: list[tuple[float, int, bytes, list[PushRecord]]] = []
+        self._late_seq = itertools.count()
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
 
@@ -115,12 +131,15 @@ class PushSender:
         self._thread.start()
 
     def stop(self) -> None:
-        """Stop at once; queued pushes and pending resends are dropped."""
+        """Stop at once; queued pushes, held late pushes and pending resends are dropped."""
         self.store.unsubscribe(self._on_events)
         self._stop.set()
         if self._thread is not None:
             self._thread.join(timeout=self._timeout_s + 5)
             self._thread = None
+        with self._lock:
+            self._busy -= len(self._late)
+            self._late.clear()
 
     def __enter__(self) -> PushSender:
         self.start()
@@ -160,8 +179,10 @@ class PushSender:
             sent=len(records),
             acked=sum(1 for r in records if r.acked),
             rejected=sum(1 for r in records if not r.acked),
+            triggers=sum(1 for r in records if r.kind == "trigger" and not r.resend and not r.duplicate),
             resends=sum(1 for r in records if r.resend and not r.duplicate),
             duplicates=sum(1 for r in records if r.duplicate),
+            late=sum(1 for r in records if r.late),
             exhausted=exhausted,
         )
 
@@ -179,6 +200,7 @@ class PushSender:
             chat.secure_key,
             chat.cometd_key,
             chat.flex_secure_key,
+            chat.flex_app_dbid,
             chat.payload_as_string,
         )
         items: list[_Outgoing]
@@ -199,6 +221,7 @@ class PushSender:
         with httpx.Client(timeout=self._timeout_s, limits=httpx.Limits(max_connections=1)) as client:
             while not self._stop.is_set():
                 self._resend_due(client)
+                self._send_late_due(client)
                 try:
                     item = self._queue.get(timeout=self._wait_s())
                 except queue.Empty:
@@ -210,10 +233,22 @@ class PushSender:
                         self._busy -= 1
 
     def _wait_s(self) -> float:
-        due = self.store.next_due(self.resend_delay_s)
+        dues = [self.store.next_due(self.resend_delay_s), self._late[0][0] if self._late else None]
+        due = min((d for d in dues if d is not None), default=None)
         if due is None:
             return _IDLE_POLL_S
         return min(max(due - time.monotonic(), 0.001), _IDLE_POLL_S)
+
+    def _send_late_due(self, client: httpx.Client) -> None:
+        """POST the held-back pushes whose time has come, one at a time like any other push."""
+        while self._late and self._late[0][0] <= time.monotonic() and not self._stop.is_set():
+            _due, _seq, content, records = heapq.heappop(self._late)
+            try:
+                for record in records:
+                    self._post(client, content, record)
+            finally:
+                with self._lock:
+                    self._busy -= 1
 
     def _resend_due(self, client: httpx.Client) -> None:
         with self._lock:
@@ -228,7 +263,7 @@ class PushSender:
                     continue
                 with self._lock:
                     info = self._chats[pending.chat_id]
-                self._trigger(client, info, pending.position, pending.index, pending.attempt + 1, resend=True)
+                self._trigger(client, info, pending.index, pending.attempt + 1, pending.position, resend=True)
         finally:
             with self._lock:
                 self._busy -= 1
@@ -237,13 +272,14 @@ class PushSender:
         info, index = item.chat, item.events[-1]["index"]
         if item.kind == "trigger":
             if item.removed:
-                self._trigger(client, info, -1, index, 0, resend=False, chat_ended=True)
+                self._trigger(client, info, index, 0, -1, resend=False, chat_ended=True)
             else:
-                position = self.store.acked_position(info.chat_id)
-                self._trigger(client, info, position, index, 0, resend=False, chat_ended=item.chat_ended)
+                # notify-position: what the client has not acknowledged yet, read now, at send time.
+                self._trigger(client, info, index, 0, None, resend=False, chat_ended=item.chat_ended)
         elif item.kind == "wakeup":
             body = {"deviceId": info.device_id, "message": WAKEUP_TEXT}
-            self._post(client, body, PushRecord(chat_id=info.chat_id, kind="wakeup", indexes=[index], at=0))
+            record = PushRecord(chat_id=info.chat_id, kind="wakeup", indexes=[index], at=0)
+            self._post(client, msgspec.json.encode(body), record)
         else:
             message: dict[str, Any] = {
                 "messages": item.events,
@@ -262,19 +298,23 @@ class PushSender:
                 at=0,
                 as_string=as_string,
             )
-            self._post(client, {"deviceId": info.device_id, "message": encoded}, record)
+            self._post(client, msgspec.json.encode({"deviceId": info.device_id, "message": encoded}), record)
 
     def _trigger(
         self,
         client: httpx.Client,
         info: _ChatInfo,
-        position: int,
         index: int,
         attempt: int,
+        position: int | None,
         *,
         resend: bool,
         chat_ended: bool = False,
     ) -> None:
+        """Chat Server sends a trigger now; `position` None: the acknowledged position at this moment.
+        It is POSTed at once, or held back (late) and POSTed when due by the same sequential loop."""
+        acked, alias = self.store.trigger_state(info.chat_id)
+        position = acked if position is None else position
         user_data = {
             "notify-position": str(position),
             "notify-attempt": str(attempt),
@@ -283,6 +323,9 @@ class PushSender:
         }
         if info.flex_secure_key:
             user_data["secure-key"] = info.secure_key
+        app_dbid = alias if info.flex_app_dbid else None
+        if app_dbid is not None:
+            user_data["app-dbid"] = app_dbid
         event = {
             "index": index,
             "type": "PushUrl",
@@ -298,10 +341,11 @@ class PushSender:
             "secureKey": info.cometd_key,  # CometD-only; a relay must never use it for REST calls
             "chatEnded": chat_ended,
         }
-        body = {"deviceId": info.device_id, "message": message}
-
-        def record(duplicate: bool) -> PushRecord:
-            return PushRecord(
+        content = msgspec.json.encode({"deviceId": info.device_id, "message": message})
+        late = self.late_rate > 0 and self._rng.random() < self.late_rate
+        duplicate = self.duplicate_rate > 0 and self._rng.random() < self.duplicate_rate
+        records = [
+            PushRecord(
                 chat_id=info.chat_id,
                 kind="trigger",
                 indexes=[index],
@@ -309,20 +353,28 @@ class PushSender:
                 position=position,
                 attempt=attempt,
                 resend=resend,
-                duplicate=duplicate,
+                duplicate=copy == 1,
+                app_dbid=app_dbid,
+                late=late,
             )
-
+            for copy in range(2 if duplicate else 1)
+        ]
         sent_at = time.monotonic()
-        # Pending before the POST leaves: a relay may refresh before its reply reaches us.
+        # Pending from the moment Chat Server sends it (before the POST leaves, and before a late push
+        # reaches the relay): a Refresh arriving after this acknowledges it.
         if position != -1:  # the customer is gone after -1: nobody to resend to
             self.store.add_pending(PendingTrigger(info.chat_id, position, index, attempt, sent_at))
-        self._post(client, body, record(False))
-        if self.duplicate_rate > 0 and self._rng.random() < self.duplicate_rate:
-            self._post(client, body, record(True))
+        if late:
+            with self._lock:
+                self._busy += 1
+            due = sent_at + self.late_delay_ms / 1000
+            heapq.heappush(self._late, (due, next(self._late_seq), content, records))
+            return
+        for record in records:
+            self._post(client, content, record)
 
-    def _post(self, client: httpx.Client, body: dict[str, Any], record: PushRecord) -> None:
+    def _post(self, client: httpx.Client, content: bytes, record: PushRecord) -> None:
         """POST one push and record the reply."""
-        content = msgspec.json.encode(body)
         record.at = time.monotonic()
         try:
             response = client.post(

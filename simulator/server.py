@@ -72,7 +72,8 @@ class ThreadedServer:
 
 
 class ChatServer(ThreadedServer):
-    """The simulated GMS Chat API: `server.store` (chats), `server.faults`, `server.log` (refreshes)."""
+    """The simulated GMS Chat API: `server.store` (chats), `server.faults`, `server.log` (refreshes).
+    The store reads the per-batch part of `faults` (alias_switch, ahead_rate) as its noise."""
 
     def __init__(
         self,
@@ -84,6 +85,7 @@ class ChatServer(ThreadedServer):
     ) -> None:
         self.store = store or ChatStore()
         self.faults = faults or Faults()
+        self.store.noise = self.faults
         self.log = RefreshLog()
         self.api = ChatApi(self.store, self.faults, self.log)
         super().__init__(self.api.app, host=host, port=port)

@@ -14,7 +14,9 @@ import threading
 import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field, replace
-from typing import Any, Literal, NamedTuple
+from typing import Any, Literal, NamedTuple, Protocol
+
+import msgspec
 
 Mode = Literal["reliable", "payload", "wakeup"]
 Who = Literal["customer", "agent", "system"]
@@ -59,6 +61,7 @@ class Chat:
     mode: Mode
     service: str
     flex_secure_key: bool = False  # Chat Server `flex-push-content` includes `secure-key`
+    flex_app_dbid: bool = False  # ... includes `app-dbid`: the alias current when each trigger is sent
     payload_as_string: bool | None = None  # None: the sender picks at random per push
     events: list[dict[str, Any]] = field(default_factory=list)
     nicknames: dict[Who, str] = field(default_factory=dict)
@@ -67,8 +70,10 @@ class Chat:
     agent_disconnected: bool = False  # refreshes answer HTTP 400 from now on
     acked_position: int = 1  # first transcript index not yet acknowledged by a successful Refresh
     pending: list[PendingTrigger] = field(default_factory=list)
-    refresh_count: int = 0
-    last_refresh_at: float | None = None
+    refresh_count: int = 0  # successful Refreshes through the Chat API
+    last_refresh_at: float | None = None  # time.monotonic() of the last Refresh, another client's too
+    alias_switches: int = 0  # alias changes outside any Refresh (switch_alias)
+    other_client_refreshes: int = 0  # Refreshes by another client of the customer (other_client_refresh)
     # A Refresh returned chatEnded: the client has the whole chat and Chat Server closes the session,
     # so triggers still in flight for it are never resent.
     end_seen: bool = False
@@ -86,6 +91,25 @@ class RefreshResult(NamedTuple):
 
 
 Listener = Callable[[Chat, list[dict[str, Any]]], None]
+_OPTIONS = ("flex_secure_key", "flex_app_dbid", "payload_as_string")
+
+
+class BatchNoise(Protocol):
+    """Chat Server behaviour outside the Chat API, rolled once per pushed event batch of a reliable chat.
+    The ChatServer hands its Faults to its store as this."""
+
+    alias_switch: float  # probability of switch_alias before the batch (only chats with flex_app_dbid)
+    # Probability of other_client_refresh once the batch is appended, before its triggers go out: they
+    # then carry a notify-position past the batch, beyond what the relay has fetched.
+    ahead_rate: float
+
+    def roll(self, probability: float) -> bool: ...
+
+
+def _copy_events(events: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """A deep copy of JSON-shaped events, a few times faster than copy.deepcopy."""
+    copied: list[dict[str, Any]] = msgspec.json.decode(msgspec.json.encode(events))
+    return copied
 
 
 def now_ms() -> int:
@@ -95,12 +119,13 @@ def now_ms() -> int:
 class ChatStore:
     """All simulated chats, keyed by chat id (the relay's session id)."""
 
-    def __init__(self, rng: random.Random | None = None) -> None:
+    def __init__(self, rng: random.Random | None = None, noise: BatchNoise | None = None) -> None:
         self._lock = threading.Lock()
         self._chats: dict[str, Chat] = {}
         self._listeners: list[Listener] = []
         self._waiting: set[str] = set()  # chats with pending triggers, so resend scans stay small
         self._rng = rng or random.Random()
+        self.noise = noise  # read on every pushed batch; None: no noise
 
     def subscribe(self, listener: Listener) -> None:
         with self._lock:
@@ -112,7 +137,14 @@ class ChatStore:
                 self._listeners.remove(listener)
 
     def create_chat(
-        self, *, service: str, nickname: str, device_id: str, mode: Mode, flex_secure_key: bool = False
+        self,
+        *,
+        service: str,
+        nickname: str,
+        device_id: str,
+        mode: Mode,
+        flex_secure_key: bool = False,
+        flex_app_dbid: bool = False,
     ) -> Chat:
         """Open a chat with the customer already joined. The join is not pushed: the requester knows."""
         alias = str(self._rng.randint(100, 999))
@@ -126,6 +158,7 @@ class ChatStore:
             mode=mode,
             service=service,
             flex_secure_key=flex_secure_key,
+            flex_app_dbid=flex_app_dbid,
             nicknames={"customer": nickname, "agent": "Anna", "system": "system"},
             aliases=[alias],
         )
@@ -135,11 +168,13 @@ class ChatStore:
         return chat
 
     def configure(self, chat_id: str, **options: Any) -> None:
-        """Set per-chat options such as `flex_secure_key` or `payload_as_string`."""
+        """Set per-chat options: `flex_secure_key`, `flex_app_dbid` (Chat Server's flex-push-content) or
+        `payload_as_string`. They are independent here; the scenario driver gives every chat with
+        flex_secure_key also flex_app_dbid (the trigger is then the relay's only source of the alias)."""
         with self._lock:
             chat = self._chats[chat_id]
             for name, value in options.items():
-                if name not in ("flex_secure_key", "payload_as_string"):
+                if name not in _OPTIONS:
                     raise ValueError(f"unknown chat option {name!r}")
                 setattr(chat, name, value)
 
@@ -150,10 +185,12 @@ class ChatStore:
             chat = self._chats.get(chat_id)
             if chat is None:
                 return None
-            if with_events:
-                return copy.deepcopy(chat)
             return replace(
-                chat, events=[], pending=[], nicknames=dict(chat.nicknames), aliases=list(chat.aliases)
+                chat,
+                events=_copy_events(chat.events) if with_events else [],
+                pending=[copy.copy(p) for p in chat.pending] if with_events else [],
+                nicknames=dict(chat.nicknames),
+                aliases=list(chat.aliases),
             )
 
     def chat_ids(self) -> list[str]:
@@ -163,17 +200,43 @@ class ChatStore:
     def append(
         self, chat_id: str, specs: Iterable[EventSpec], *, notify: bool = True
     ) -> list[dict[str, Any]]:
-        """Append events (indexes from 1, in order) and hand them to the listeners as one batch."""
+        """Append events (indexes from 1, in order) and hand them to the listeners as one batch.
+
+        With a pushed batch of a reliable chat the store's `noise` may switch the alias (before the
+        batch) and let another client of the customer fetch it (before its triggers are sent)."""
+        return _copy_events(self._append(chat_id, list(specs), notify))
+
+    def append_many(
+        self, chat_id: str, count: int, *, notify: bool = False, text: str = "line {index}"
+    ) -> int:
+        """Append `count` agent Messages (a large transcript) as one batch; returns the next position.
+        `text` is formatted with the event's index."""
+        with self._lock:
+            first = self._chats[chat_id].next_position
+        specs = [
+            EventSpec("Message", "agent", text.format(index=first + n), {"messageType": "text"})
+            for n in range(count)
+        ]
+        added = self._append(chat_id, specs, notify)
+        return int(added[-1]["index"]) + 1 if added else first
+
+    def _append(self, chat_id: str, specs: list[EventSpec], notify: bool) -> list[dict[str, Any]]:
+        """Append under the lock; returns the stored events themselves (callers hand out copies)."""
         with self._lock:
             chat = self._chats[chat_id]
+            noise = self.noise if notify and specs and chat.mode == "reliable" else None
+            if noise is not None and chat.flex_app_dbid and noise.roll(noise.alias_switch):
+                self._switch_alias(chat)
             added: list[dict[str, Any]] = []
             for spec in specs:
                 added.append(self._event(chat, spec))
                 chat.events.append(added[-1])
+            if noise is not None and noise.roll(noise.ahead_rate):
+                self._other_client_refresh(chat, time.monotonic())
             if notify and added:
                 for listener in self._listeners:
-                    listener(chat, copy.deepcopy(added))
-            return copy.deepcopy(added)
+                    listener(chat, _copy_events(added))
+            return added
 
     def _event(self, chat: Chat, spec: EventSpec) -> dict[str, Any]:
         if spec.type == "NicknameUpdated" and spec.text:
@@ -211,29 +274,70 @@ class ChatStore:
         with self._lock:
             chat = self._chats[chat_id]
             chat.refresh_count += 1
-            chat.last_refresh_at = arrived_at
-            chat.pending = [p for p in chat.pending if p.sent_at >= arrived_at]
-            if not chat.pending:
-                self._waiting.discard(chat_id)
-            chat.acked_position = max(chat.acked_position, chat.next_position)
+            self._acknowledge(chat, arrived_at)
             if chat.ended:
                 chat.end_seen = True
                 chat.pending = []
                 self._waiting.discard(chat_id)
             if change_alias:
-                chat.alias = str(self._rng.randint(100, 999))
-                while chat.alias in chat.aliases:
-                    chat.alias = str(self._rng.randint(100, 999))
-                chat.aliases.append(chat.alias)
+                self._new_alias(chat)
             # Events are never changed once appended, so the same dicts can be handed out.
             events = chat.events[position - 1 :]
             return RefreshResult(events, chat.next_position, chat.ended, chat.alias)
+
+    def switch_alias(self, chat_id: str) -> str:
+        """Change the alias outside any Refresh (the session moved to another Chat Server); returns it.
+        Only later triggers' `app-dbid` and later Refresh responses reveal it, so a chat without
+        flex_app_dbid has no way to learn it: the per-batch `noise` only switches chats with it."""
+        with self._lock:
+            return self._switch_alias(self._chats[chat_id])
+
+    def other_client_refresh(self, chat_id: str, arrived_at: float | None = None) -> int:
+        """Another client of the same customer fetches the whole transcript (a Refresh that does not go
+        through the relay): it acknowledges like any Refresh, so later triggers carry a notify-position
+        beyond what the relay has fetched. Returns the new acknowledged position."""
+        with self._lock:
+            chat = self._chats[chat_id]
+            self._other_client_refresh(chat, time.monotonic() if arrived_at is None else arrived_at)
+            return chat.acked_position
+
+    def _switch_alias(self, chat: Chat) -> str:
+        chat.alias_switches += 1
+        return self._new_alias(chat)
+
+    def _other_client_refresh(self, chat: Chat, arrived_at: float) -> None:
+        chat.other_client_refreshes += 1
+        self._acknowledge(chat, arrived_at)
+
+    def _acknowledge(self, chat: Chat, arrived_at: float) -> None:
+        """What any Refresh tells Chat Server: the triggers sent before it are answered, and the client
+        has everything up to now."""
+        chat.last_refresh_at = arrived_at
+        chat.pending = [p for p in chat.pending if p.sent_at >= arrived_at]
+        if not chat.pending:
+            self._waiting.discard(chat.chat_id)
+        chat.acked_position = max(chat.acked_position, chat.next_position)
+
+    def _new_alias(self, chat: Chat) -> str:
+        highest = 999 if len(chat.aliases) < 450 else 999_999  # three digits, until they run short
+        alias = str(self._rng.randint(100, highest))
+        while alias in chat.aliases:
+            alias = str(self._rng.randint(100, highest))
+        chat.alias = alias
+        chat.aliases.append(alias)
+        return alias
 
     # Trigger bookkeeping, used by the sender -------------------------------------------------------
 
     def acked_position(self, chat_id: str) -> int:
         with self._lock:
             return self._chats[chat_id].acked_position
+
+    def trigger_state(self, chat_id: str) -> tuple[int, str]:
+        """(notify-position, alias) as Chat Server reads them when it sends a trigger."""
+        with self._lock:
+            chat = self._chats[chat_id]
+            return chat.acked_position, chat.alias
 
     def add_pending(self, trigger: PendingTrigger) -> None:
         with self._lock:

@@ -15,7 +15,43 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
 
+from simulator.chat_api import ALIAS_ERROR_CODE
+from simulator.scenario import open_chat
 from simulator.server import ChatServer, ThreadedServer
+from simulator.transcript import Chat, EventSpec, Mode
+
+SERVICE = "customer-support"
+
+
+def new_chat(client: httpx.Client, server: ChatServer, mode: Mode = "reliable") -> Chat:
+    body = open_chat(client, server.base_url, service=SERVICE, mode=mode, device_id=f"dev-{mode}")
+    chat = server.store.get(str(body["chatId"]))
+    assert chat is not None
+    return chat
+
+
+def refresh(
+    client: httpx.Client,
+    server: ChatServer,
+    chat: Chat,
+    *,
+    position: int = 1,
+    overrides: dict[str, str] | None = None,
+    **form: str,
+) -> httpx.Response:
+    params = {
+        "userId": chat.user_id,
+        "secureKey": chat.secure_key,
+        "alias": chat.alias,
+        "transcriptPosition": str(position),
+        **form,
+        **(overrides or {}),
+    }
+    return client.post(f"{server.base_url}/genesys/2/chat/{SERVICE}/{chat.chat_id}/refresh", data=params)
+
+
+def agent_says(server: ChatServer, chat: Chat, *texts: str) -> list[dict[str, Any]]:
+    return server.store.append(chat.chat_id, [EventSpec("Message", "agent", t) for t in texts])
 
 
 def wait_for(condition: Callable[[], bool], timeout_s: float = 30.0, what: str = "condition") -> None:
@@ -41,6 +77,8 @@ class Receiver:
         self.refresh_before_reply = False  # refresh inside the handler instead of after replying
         self.service = "customer-support"
         self.sessions: dict[str, dict[str, Any]] = {}
+        self.aliases: dict[str, str] = {}  # the latest alias a Refresh response gave, per session
+        self.refresh_replies: list[tuple[int, dict[str, Any]]] = []  # (HTTP status, body) of each refresh
         self.tokens: list[str] = []
         self._tasks: set[asyncio.Task[None]] = set()
         self.app = Starlette(
@@ -89,17 +127,36 @@ class Receiver:
         return Response(status_code=204)
 
     async def _refresh(self, data: dict[str, str]) -> None:
+        """Refresh from the trigger's position. Alias: the trigger's `app-dbid`, then the latest a Refresh
+        response gave, then the registered one; the next is tried after an alias error (a late trigger
+        can carry an older alias than a response did)."""
         session_id = data["session-id"]
         creds = self.sessions.get(session_id, {})
-        form = {
-            "userId": data.get("user-id") or creds.get("userId", ""),
-            "secureKey": data.get("secure-key") or creds.get("secureKey", ""),
-            "alias": str(creds.get("alias", "")),
-            "transcriptPosition": "1" if data["notify-position"] == "-1" else data["notify-position"],
-        }
+        candidates = [data.get("app-dbid"), self.aliases.get(session_id), creds.get("alias")]
+        aliases = list(dict.fromkeys(str(a) for a in candidates if a)) or [""]
         url = f"{self.chat_api_url}/genesys/2/chat/{self.service}/{session_id}/refresh"
         async with httpx.AsyncClient() as client:
-            await client.post(url, data=form)
+            for alias in aliases:
+                form = {
+                    "userId": data.get("user-id") or creds.get("userId", ""),
+                    "secureKey": data.get("secure-key") or creds.get("secureKey", ""),
+                    "alias": alias,
+                    "transcriptPosition": "1" if data["notify-position"] == "-1" else data["notify-position"],
+                }
+                response = await client.post(url, data=form)
+                json_reply = response.headers.get("content-type") == "application/json"
+                body: dict[str, Any] = response.json() if json_reply else {}
+                self.refresh_replies.append((response.status_code, body))
+                if body.get("statusCode") == 0 and body.get("alias"):
+                    self.aliases[session_id] = str(body["alias"])
+                if (body.get("errors") or [{}])[0].get("code") != ALIAS_ERROR_CODE:
+                    return
+
+
+@pytest.fixture
+def client() -> Iterator[httpx.Client]:
+    with httpx.Client(timeout=5) as c:
+        yield c
 
 
 @pytest.fixture

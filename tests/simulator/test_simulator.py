@@ -4,8 +4,6 @@ from __future__ import annotations
 
 import json
 import time
-from collections.abc import Iterator
-from typing import Any
 
 import httpx
 import msgspec
@@ -17,48 +15,8 @@ from simulator.cli import main
 from simulator.scenario import ScenarioConfig, open_chat, run_scenario
 from simulator.sender import PushSender
 from simulator.server import ChatServer
-from simulator.transcript import Chat, EventSpec, Mode
-from tests.simulator.conftest import Receiver, wait_for
-
-SERVICE = "customer-support"
-
-
-@pytest.fixture
-def client() -> Iterator[httpx.Client]:
-    with httpx.Client(timeout=5) as c:
-        yield c
-
-
-def new_chat(client: httpx.Client, server: ChatServer, mode: Mode = "reliable") -> Chat:
-    body = open_chat(client, server.base_url, service=SERVICE, mode=mode, device_id=f"dev-{mode}")
-    chat = server.store.get(str(body["chatId"]))
-    assert chat is not None
-    return chat
-
-
-def refresh(
-    client: httpx.Client,
-    server: ChatServer,
-    chat: Chat,
-    *,
-    position: int = 1,
-    overrides: dict[str, str] | None = None,
-    **form: str,
-) -> httpx.Response:
-    params = {
-        "userId": chat.user_id,
-        "secureKey": chat.secure_key,
-        "alias": chat.alias,
-        "transcriptPosition": str(position),
-        **form,
-        **(overrides or {}),
-    }
-    return client.post(f"{server.base_url}/genesys/2/chat/{SERVICE}/{chat.chat_id}/refresh", data=params)
-
-
-def agent_says(server: ChatServer, chat: Chat, *texts: str) -> list[dict[str, Any]]:
-    return server.store.append(chat.chat_id, [EventSpec("Message", "agent", t) for t in texts])
-
+from simulator.transcript import EventSpec
+from tests.simulator.conftest import SERVICE, Receiver, agent_says, new_chat, refresh, wait_for
 
 # Chat API ------------------------------------------------------------------------------------------
 
@@ -176,9 +134,12 @@ def test_fault_alias_change_and_stale_alias(client: httpx.Client, chat_server: C
     new_alias = refresh(client, chat_server, chat).json()["alias"]
     assert new_alias != chat.alias
     chat_server.faults.alias_change = 0.0
-    assert refresh(client, chat_server, chat).json()["statusCode"] == 0  # old alias still works
+    assert refresh(client, chat_server, chat).status_code == 400  # the old alias is rejected ...
+    chat_server.faults.require_alias = False
+    assert refresh(client, chat_server, chat).json()["statusCode"] == 0  # ... unless enforcement is off
     assert refresh(client, chat_server, chat, alias=new_alias).json()["alias"] == new_alias
-    assert [r.alias_kind for r in chat_server.log.records()] == ["current", "stale", "current"]
+    assert [r.alias_kind for r in chat_server.log.records()] == ["current", "stale", "stale", "current"]
+    assert [r.outcome for r in chat_server.log.records()] == ["ok", "alias_error", "ok", "ok"]
 
 
 def test_fault_refresh_delay(client: httpx.Client, chat_server: ChatServer) -> None:
@@ -211,6 +172,7 @@ def test_pushes_match_the_protocol(
         (reliable.chat_id, 1, 0, None),
     ]
     assert all(b["message"]["secureKey"] == reliable.cometd_key for b in recv.bodies[:2])
+    assert all("app-dbid" not in t for t in recv.triggers())  # not in the default flex-push-content
     payloads = [n for n in kinds if isinstance(n, Payload)]
     assert [[e.index for e in p.events] for p in payloads] == [[2, 3], [4]]
     assert isinstance(recv.bodies[2]["message"], str) and isinstance(recv.bodies[5]["message"], dict)
@@ -262,7 +224,8 @@ def test_refresh_before_the_reply_acknowledges_the_trigger(
     recv, push_url = receiver
     recv.chat_api_url, recv.refresh_before_reply = chat_server.base_url, True
     chat = new_chat(client, chat_server)
-    chat_server.store.configure(chat.chat_id, flex_secure_key=True)
+    # The trigger is this relay's only source of credentials, the alias (app-dbid) included.
+    chat_server.store.configure(chat.chat_id, flex_secure_key=True, flex_app_dbid=True)
     with PushSender(push_url, chat_server.store, resend_delay_s=0.2) as sender:
         agent_says(chat_server, chat, "1", "2", "3")
         wait_for(lambda: chat_server.log.count(chat.chat_id) == 3, what="three refreshes")
