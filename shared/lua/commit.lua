@@ -56,7 +56,7 @@ if reason ~= '' then
   count('sessions_ended_' .. reason)
 else
   local fields = {'cursor', cursor, 'retries', '0'}
-  take_alias(fields, redis.call('HGET', skey, 'alias_key'), alias, 2 * cursor)
+  take_alias(fields, redis.call('HGET', skey, 'alias_key'), alias, 2 * cursor + 1)
   if gap_since ~= '' then
     fields[#fields + 1] = 'gap_since'; fields[#fields + 1] = gap_since
     redis.call('HDEL', skey, 'suspect')

@@ -72,12 +72,12 @@ local function mark_dirty(sid, ms)
 end
 
 -- Which alias is newest. Each source gets a key, and a source replaces the stored alias only when its
--- key is not below the stored one: a registration 0; a trigger with notify-position p: 2p + 1; a
--- Refresh response whose nextPosition is n: 2n. Chat Server computes a trigger's position when it
--- sends it, and a trigger announces an event whose index is >= p, so a trigger computed before a
--- Refresh was processed has p < n (that Refresh returned its event), and one computed after has p >= n.
--- Hence a response beats every trigger older than it, a trigger beats every response older than it,
--- and a late trigger (a smaller position) never brings back an alias that a newer source replaced.
+-- key is not below the stored one: a registration -1; a trigger with notify-position p: 2p; a Refresh
+-- response whose nextPosition is n: 2n + 1. Chat Server computes a trigger's position when it sends it,
+-- so a trigger with p > n was sent after that Refresh was processed (it acknowledged up to n, and more
+-- was fetched since) and beats it; a response beats every trigger with p <= n (p == n is also what a
+-- trigger sent before the Refresh carries when another client had fetched everything: the doc's rule,
+-- the newest response alias wins); a late trigger (a lower position) never brings an old alias back.
 local function take_alias(fields, stored_key, alias, key)
   if alias ~= '' and key >= (tonumber(stored_key) or -1) then
     fields[#fields + 1] = 'alias'; fields[#fields + 1] = alias

@@ -10,7 +10,7 @@ redis.call('PEXPIRE', ckey, CFG_CREDS_TTL_MS)
 local fields = {'deviceId', device}
 -- The app's alias (from Request Chat) is the oldest source: it never replaces one a trigger or a
 -- Refresh response gave.
-take_alias(fields, redis.call('HGET', skey, 'alias_key'), alias, 0)
+take_alias(fields, redis.call('HGET', skey, 'alias_key'), alias, -1)
 if service ~= '' then fields[#fields + 1] = 'service'; fields[#fields + 1] = service end
 redis.call('HSET', skey, unpack(fields))
 redis.call('HINCRBY', skey, 'gen', 1)

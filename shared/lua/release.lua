@@ -21,7 +21,7 @@ if redis.call('GET', lease) ~= token then
 end
 redis.call('DEL', lease)
 local skey = P .. 'session:' .. sid
-local state = redis.call('HMGET', skey, 'gen', 'deviceId', 'alias')
+local state = redis.call('HMGET', skey, 'gen', 'deviceId', 'alias', 'app_dbid')
 local unchanged = (state[1] or '') == gen
 if not state[2] then how = 'drop' end  -- never re-create a forgotten chat's hash (it would have no TTL)
 if how == 'retry' then
@@ -36,7 +36,13 @@ elseif how == 'later' then
   return 'later'
 elseif how == 'suspect' then
   redis.call('HSET', skey, 'suspect', alias)
-  local newer = (state[3] or '') ~= alias
+  local newer = (state[3] or '') ~= alias  -- a newer alias was stored while the Refresh ran
+  if not newer and state[4] and state[4] ~= alias then
+    -- The newest trigger's app-dbid lost to the refused alias on ordering (a trigger at a response's
+    -- nextPosition): after the refusal it is the better guess.
+    redis.call('HSET', skey, 'alias', state[4])
+    newer = true
+  end
   redis.call('ZADD', DIRTY, (newer or not unchanged) and now or at, sid)
   return 'suspect'
 end

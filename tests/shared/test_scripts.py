@@ -305,7 +305,13 @@ def test_trigger_stores_state_and_credentials_and_marks_the_chat_dirty(relay: Re
     at = now_ms()
     assert relay.trigger("s1", 1, user="u-1", key="k-1", app_dbid="app-7", now=at) == "queued"
     r = relay.redis
-    assert relay.session("s1") == {"deviceId": DEVICE, "alias": "app-7", "alias_key": "3", "gen": "1"}
+    assert relay.session("s1") == {
+        "deviceId": DEVICE,
+        "alias": "app-7",
+        "alias_key": "2",
+        "app_dbid": "app-7",
+        "gen": "1",
+    }
     assert r.hgetall(keys.credentials("s1")) == {b"userId": b"u-1", b"secureKey": b"k-1"}
     assert r.get(keys.device(DEVICE)) == b"s1"
     assert_ttl(r, keys.credentials("s1"), 100_000)
@@ -482,8 +488,8 @@ def test_payload_without_session_id_is_keyed_by_device(relay: Relay) -> None:
 
 def test_registration_alias_never_replaces_a_trigger_alias(relay: Relay) -> None:
     relay.register("s1", alias="reg-1")
-    assert (relay.session("s1")["alias"], relay.session("s1")["alias_key"]) == ("reg-1", "0")
-    relay.trigger("s1", 0, app_dbid="trig-0")  # key 1
+    assert (relay.session("s1")["alias"], relay.session("s1")["alias_key"]) == ("reg-1", "-1")
+    relay.trigger("s1", 0, app_dbid="trig-0")  # key 0
     assert relay.session("s1")["alias"] == "trig-0"
     relay.register("s1", alias="reg-2")
     assert relay.session("s1")["alias"] == "trig-0"
@@ -493,30 +499,34 @@ def test_late_trigger_never_brings_back_an_older_alias(relay: Relay) -> None:
     assert relay.trigger("s1", 4, app_dbid="alias-4") == "queued"
     assert relay.trigger("s1", 2, app_dbid="alias-2") == "queued"  # arrives late, still not covered
     assert relay.session("s1")["alias"] == "alias-4"
-    assert relay.session("s1")["alias_key"] == "9"
+    assert relay.session("s1")["alias_key"] == "8"
     assert relay.trigger("s1", 4, app_dbid="alias-4b") == "queued"  # same position: same key, taken
     assert relay.session("s1")["alias"] == "alias-4b"
 
 
 def test_response_beats_a_trigger_below_its_next_position(relay: Relay) -> None:
-    relay.trigger("s1", 3, app_dbid="trig-3")  # key 7
+    relay.trigger("s1", 3, app_dbid="trig-3")  # key 6
     claim = relay.claim_one("s1")
-    assert relay.commit(claim, "tok-a", 4, [event(3)], alias="resp-4") == 1  # key 8
-    assert (relay.session("s1")["alias"], relay.session("s1")["alias_key"]) == ("resp-4", "8")
+    assert relay.commit(claim, "tok-a", 4, [event(3)], alias="resp-4") == 1  # key 9
+    assert (relay.session("s1")["alias"], relay.session("s1")["alias_key"]) == ("resp-4", "9")
 
 
-def test_trigger_at_or_past_the_next_position_beats_the_response(relay: Relay) -> None:
+def test_trigger_past_the_next_position_beats_the_response(relay: Relay) -> None:
     relay.trigger("s1", 1, app_dbid="trig-1")
     claim = relay.claim_one("s1")
-    assert relay.trigger("s1", 4, app_dbid="trig-4") == "queued"  # computed after the Refresh: key 9
-    assert relay.commit(claim, "tok-a", 4, [event(i) for i in (1, 2, 3)], alias="resp-4") == 1  # key 8
-    assert relay.session("s1")["alias"] == "trig-4"
+    assert relay.trigger("s1", 5, app_dbid="trig-5") == "queued"  # computed after the Refresh: key 10
+    assert relay.commit(claim, "tok-a", 4, [event(i) for i in (1, 2, 3)], alias="resp-4") == 1  # key 9
+    assert relay.session("s1")["alias"] == "trig-5"
     # And in the other order: the response first, then a trigger with p == n.
     claim = relay.claim_one("s1")
-    assert relay.commit(claim, "tok-a", 6, [event(4), event(5)], alias="resp-6") == 1  # key 12
+    assert relay.commit(claim, "tok-a", 6, [event(4), event(5)], alias="resp-6") == 1  # key 13
     assert relay.session("s1")["alias"] == "resp-6"
-    assert relay.trigger("s1", 6, app_dbid="trig-6") == "queued"  # key 13
-    assert relay.session("s1")["alias"] == "trig-6"
+    # A trigger at the response's nextPosition may have been sent before that Refresh was processed
+    # (another client had fetched everything): the response wins.
+    assert relay.trigger("s1", 6, app_dbid="trig-6") == "queued"  # key 12
+    assert relay.session("s1")["alias"] == "resp-6"
+    assert relay.trigger("s1", 7, app_dbid="trig-7") == "queued"  # key 14
+    assert relay.session("s1")["alias"] == "trig-7"
 
 
 def test_removal_trigger_only_gives_an_alias_when_there_is_none(relay: Relay) -> None:
@@ -647,7 +657,8 @@ def test_claim_takes_due_chats_under_a_lease(relay: Relay) -> None:
     assert claim.fields == {
         "deviceId": DEVICE,
         "alias": "a-1",
-        "alias_key": "3",
+        "alias_key": "2",
+        "app_dbid": "a-1",
         "gen": "1",
         "userId": "u-1",
         "secureKey": "k-1",
@@ -904,6 +915,19 @@ def test_release_suspect_retries_at_once_when_a_newer_alias_is_known(relay: Rela
     assert "suspect" not in relay.session("s1")
 
 
+def test_release_suspect_falls_back_to_the_newest_app_dbid(relay: Relay) -> None:
+    relay.trigger("s1", 1, app_dbid="a-1")
+    claim = relay.claim_one("s1")
+    assert relay.commit(claim, "tok-a", 3, [event(1), event(2)], alias="resp-3") == 1  # key 7
+    relay.trigger("s1", 3, app_dbid="moved")  # key 6: the response wins the tie
+    assert relay.session("s1")["alias"] == "resp-3"
+    claim = relay.claim_one("s1")
+    before = now_ms()
+    assert relay.release(claim, "tok-a", "suspect", before + 250, alias="resp-3") == "suspect"
+    assert relay.session("s1")["alias"] == "moved"  # refused: the trigger's app-dbid is tried next
+    assert (relay.dirty("s1") or 0) < before + 250
+
+
 def test_release_later_reschedules_without_counting(relay: Relay) -> None:
     relay.payload("s1", [event(2)])
     claim = relay.claim_one("s1")
@@ -1037,7 +1061,7 @@ def test_register_stores_credentials_and_pulls_the_transcript(relay: Relay) -> N
     assert relay.session("s1") == {
         "deviceId": DEVICE,
         "alias": "12",
-        "alias_key": "0",
+        "alias_key": "-1",
         "service": "svc",
         "gen": "1",
     }
