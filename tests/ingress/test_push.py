@@ -240,3 +240,22 @@ def test_repeated_auth_failures_are_throttled(make_client: ClientFactory) -> Non
     codes = [client.post("/push?token=bad", content=b"{}").status_code for _ in range(25)]
     assert codes[:20] == [401] * 20
     assert codes[20:] == [429] * 5
+
+
+def test_job_ids_carry_128_random_bits_per_process(
+    make_client: ClientFactory, redis_client: redis.Redis
+) -> None:
+    """In containers every process is pid 1: ids must not rest on the pid or a few random bytes, or two
+    processes' ids collide over days (a webhook delivery id collision sends another chat's body)."""
+    queue = Queue(keys.DRAIN_QUEUE, connection=redis_client, serializer=JSONSerializer)
+    prefixes = []
+    for _ in range(2):  # two ingress processes' worth of stores
+        client = make_client()
+        client.post("/push", content=body(trigger_message(1)))
+        [job_id] = queue.get_job_ids()
+        kind, prefix, counter = job_id.split("-")
+        assert (kind, len(prefix), counter) == ("drain", 32, "0")
+        int(prefix, 16)
+        prefixes.append(prefix)
+        redis_client.flushall()
+    assert prefixes[0] != prefixes[1]
