@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import time
 from collections.abc import AsyncIterator
 from typing import Any
 
@@ -169,7 +170,8 @@ async def _pipeline_metrics(store: IngressStore) -> str:
     for queue in keys.QUEUES:
         pipe.llen(keys.rq_queue(queue))
         pipe.zcard(f"rq:failed:{queue}")
-    pipe.zcard(keys.PARKED)
+    # Members of chats whose state expired while parked linger until the next park prunes them.
+    pipe.zcount(keys.PARKED, time.time_ns() // 1_000_000 - store.settings.chat_state_ttl_s * 1000, "+inf")
     pipe.zcard(keys.DIRTY)
     results = await pipe.execute()
     # Parked: chats waiting for credentials (PUT /sessions); each emitted chat.credentials_required.

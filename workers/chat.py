@@ -25,10 +25,10 @@ log = logging.getLogger("gms_relay.worker")
 MAX_BACKOFF_MS = 2000
 SLOW_RETRY_MS = 15000
 # A multi-Chat-Server GMS refuses a stale alias with the same answer (HTTP 400 / statusCode 2) that
-# reports an ended chat. So a first such answer only suspects the end: the chat is tried again once,
-# at once if a newer alias arrived meanwhile, else after this long (the trigger that carries the new
-# alias is usually milliseconds behind), or as soon as the next push arrives. A second refusal with
-# the same alias ends it.
+# reports an ended chat. So a refusal only suspects the end: the chat is tried again, at once with an
+# alias GMS has not refused yet (one that arrived meanwhile, or another candidate seen since the last
+# successful Refresh), else after this long (the trigger that carries the new alias is usually
+# milliseconds behind) or as soon as the next push arrives. An alias refused a second time ends it.
 SUSPECT_WAIT_MS = 250
 # ... and this long when the attempt before failed on our side: that Refresh may have reached GMS
 # and changed the alias in the answer we lost; only the chat's next trigger (app-dbid) can tell.
@@ -100,7 +100,8 @@ def _refresh(ctx: WorkerContext, claim: Claim, token: str, end_reason: str = "")
         )
         return
     if result.verdict is RefreshVerdict.FATAL:
-        if not end_reason and fields.get("suspect") != creds.alias:
+        refused = fields.get("refused")
+        if refused is None or creds.alias not in refused.split("\n"):
             wait = SUSPECT_WAIT_AFTER_LOSS_MS if claim.retries else SUSPECT_WAIT_MS
             release(ctx, claim, token, "suspect", now_ms() + wait, alias=creds.alias)
             log.warning(

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+_CREDENTIALS = ("userId", "secureKey")
+
 
 def _pairs(flat: list[bytes]) -> dict[str, bytes]:
     return {flat[i].decode(): flat[i + 1] for i in range(0, len(flat), 2)}
@@ -21,8 +23,10 @@ class Claim:
         sid, due, flat_state, flat_creds, flat_staged = row
         assert isinstance(sid, bytes) and isinstance(flat_staged, list)
         assert isinstance(flat_state, list) and isinstance(flat_creds, list)
-        # State and credentials live in two keys with two lifetimes; a worker reads them as one.
-        fields = {k: v.decode() for k, v in _pairs(flat_state + flat_creds).items()}
+        # State and credentials live in two keys with two lifetimes; a worker reads them as one, the
+        # credentials only from their own key (claim.lua moves those of an earlier version there).
+        state = {k: v.decode() for k, v in _pairs(flat_state).items() if k not in _CREDENTIALS}
+        fields = state | {k: v.decode() for k, v in _pairs(flat_creds).items()}
         staged = {int(k): v for k, v in _pairs(flat_staged).items()}
         return cls(sid.decode(), float(due), fields, staged)  # type: ignore[arg-type]
 

@@ -13,8 +13,23 @@ for i = 1, #ready, 2 do
   local sid = ready[i]
   if redis.call('SET', P .. 'lease:' .. sid, token, 'NX', 'PX', CFG_LEASE_TTL_MS) then
     redis.call('ZADD', DIRTY, 'XX', now + CFG_LEASE_TTL_MS, sid)
-    table.insert(claims, {sid, ready[i + 1], redis.call('HGETALL', P .. 'session:' .. sid),
-      redis.call('HGETALL', P .. 'creds:' .. sid), redis.call('HGETALL', P .. 'staged:' .. sid)})
+    local skey, ckey = P .. 'session:' .. sid, P .. 'creds:' .. sid
+    local state, creds = redis.call('HGETALL', skey), redis.call('HGETALL', ckey)
+    for f = 1, #state, 2 do
+      if state[f] == 'secureKey' then
+        -- Credentials stored by a version before the two lifetimes: move them to their own key.
+        local old = redis.call('HMGET', skey, 'userId', 'secureKey')
+        if #creds == 0 then
+          redis.call('HSET', ckey, 'userId', old[1] or '', 'secureKey', old[2])
+          redis.call('PEXPIRE', ckey, CFG_CREDS_TTL_MS)
+          creds = redis.call('HGETALL', ckey)
+        end
+        redis.call('HDEL', skey, 'userId', 'secureKey')
+        state = redis.call('HGETALL', skey)
+        break
+      end
+    end
+    table.insert(claims, {sid, ready[i + 1], state, creds, redis.call('HGETALL', P .. 'staged:' .. sid)})
   end
 end
 local wakeups = redis.call('LPOP', WAKEUPS, max) or {}

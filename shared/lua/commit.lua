@@ -56,12 +56,14 @@ if reason ~= '' then
   count('sessions_ended_' .. reason)
 else
   local fields = {'cursor', cursor, 'retries', '0'}
-  take_alias(fields, redis.call('HGET', skey, 'alias_key'), alias, 2 * cursor + 1)
+  local state = redis.call('HMGET', skey, 'alias_key', 'aliases')
+  take_alias(fields, state[1], alias, 2 * cursor)
+  if alias ~= '' then fields[#fields + 1] = 'aliases'; fields[#fields + 1] = remember(state[2], alias) end
   if gap_since ~= '' then
     fields[#fields + 1] = 'gap_since'; fields[#fields + 1] = gap_since
-    redis.call('HDEL', skey, 'suspect')
+    redis.call('HDEL', skey, 'refused')
   else
-    redis.call('HDEL', skey, 'gap_since', 'suspect')  -- GMS answered: the alias was not stale
+    redis.call('HDEL', skey, 'gap_since', 'refused')  -- GMS answered: no alias is in doubt now
   end
   redis.call('HSET', skey, unpack(fields))
   redis.call('PEXPIRE', skey, CFG_STATE_TTL_MS)

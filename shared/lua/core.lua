@@ -72,15 +72,42 @@ local function mark_dirty(sid, ms)
 end
 
 -- Which alias is newest. Each source gets a key, and a source replaces the stored alias only when its
--- key is not below the stored one: a registration -1; a trigger with notify-position p: 2p; a Refresh
--- response whose nextPosition is n: 2n + 1. Chat Server computes a trigger's position when it sends it,
--- so a trigger with p > n was sent after that Refresh was processed (it acknowledged up to n, and more
--- was fetched since) and beats it; a response beats every trigger with p <= n (p == n is also what a
--- trigger sent before the Refresh carries when another client had fetched everything: the doc's rule,
--- the newest response alias wins); a late trigger (a lower position) never brings an old alias back.
+-- key is not below the stored one: a registration -1; a Refresh response whose nextPosition is n: 2n;
+-- a trigger with notify-position p: 2p + 1. Chat Server computes a trigger's position when it sends
+-- it: a trigger sent after a Refresh was processed carries p >= n and wins; one sent before it
+-- announces an event that Refresh returned, so p < n and the response wins; a late trigger (a lower
+-- position) never brings an old alias back. The one ambiguous case, p == n from a trigger sent before
+-- the Refresh by a customer whose other client had fetched everything, goes to the trigger (it is the
+-- rare one) and is repaired from `aliases` if GMS refuses it (release.lua, 'suspect').
 local function take_alias(fields, stored_key, alias, key)
-  if alias ~= '' and key >= (tonumber(stored_key) or -1) then
+  if alias ~= '' and key >= (tonumber(stored_key) or -2) then
     fields[#fields + 1] = 'alias'; fields[#fields + 1] = alias
     fields[#fields + 1] = 'alias_key'; fields[#fields + 1] = key
   end
+end
+
+-- Small newline-separated lists in a hash field: `aliases` (the candidates seen since the last
+-- successful Refresh, newest first) and `refused` (the aliases GMS refused since then).
+local function items(list)
+  local out = {}
+  if list then
+    for item in string.gmatch(list .. '\n', '([^\n]*)\n') do out[#out + 1] = item end
+  end
+  return out
+end
+
+local function has(list, value)
+  for _, item in ipairs(items(list)) do
+    if item == value then return true end
+  end
+  return false
+end
+
+-- `value` first, then the rest of `list` without it, at most 4 in all.
+local function remember(list, value)
+  local out = {value}
+  for _, item in ipairs(items(list)) do
+    if item ~= value and #out < 4 then out[#out + 1] = item end
+  end
+  return table.concat(out, '\n')
 end

@@ -10,5 +10,5 @@ if device and redis.call('GET', P .. 'device:' .. device) == sid then
 end
 redis.call('ZREM', DIRTY, sid)
 redis.call('ZREM', PARKED, sid)
-redis.call('HDEL', skey, 'deviceId', 'end')
+redis.call('HDEL', skey, 'deviceId', 'end', 'userId', 'secureKey')  -- the last two: before the split
 return redis.call('DEL', P .. 'creds:' .. sid, P .. 'staged:' .. sid)

@@ -56,7 +56,7 @@ if kind == 't' then
     redis.call('HSET', ckey, unpack(creds))
     redis.call('PEXPIRE', ckey, CFG_CREDS_TTL_MS)
   end
-  local state = redis.call('HMGET', skey, 'cursor', 'alias_key', 'suspect')
+  local state = redis.call('HMGET', skey, 'cursor', 'alias_key', 'refused', 'aliases')
   if position ~= -1 and position < tonumber(state[1] or '0') then
     -- Announces events that a refresh, started after this trigger was computed, already fetched (and
     -- its app-dbid is older than that refresh's alias).
@@ -66,78 +66,19 @@ if kind == 't' then
   if position == -1 then
     fields[#fields + 1] = 'end'; fields[#fields + 1] = 'removed'
     if not state[2] then take_alias(fields, state[2], app_dbid, 0) end
-  elseif state[3] and app_dbid ~= '' and app_dbid ~= state[3] then
+  elseif state[3] and app_dbid ~= '' and not has(state[3], app_dbid) then
     -- GMS refused the last Refresh as if the chat had ended, perhaps for a stale alias (release.lua,
-    -- 'suspect'): an app-dbid other than the refused alias is the better guess, whatever its key.
-    take_alias(fields, nil, app_dbid, 2 * position)
+    -- 'suspect'): an app-dbid it has not refused is the better guess, whatever its key.
+    take_alias(fields, nil, app_dbid, 2 * position + 1)
   else
-    take_alias(fields, state[2], app_dbid, 2 * position)
+    take_alias(fields, state[2], app_dbid, 2 * position + 1)
   end
-  -- The newest trigger's app-dbid, whatever its key: after a refusal it is the next alias to try.
-  if app_dbid ~= '' then fields[#fields + 1] = 'app_dbid'; fields[#fields + 1] = app_dbid end
-  -- After such a refusal this trigger may carry the new alias: try again now, not when the wait ends.
-  if state[3] then redis.call('ZADD', DIRTY, 'LT', now, sid) end
-elseif kind == 'p' then
-  if #ARGV < 7 or (#ARGV - 7) % 2 ~= 0 then return bad_args('ingest') end
-  for i = 8, #ARGV, 2 do
-    if not int(ARGV[i]) then return bad_args('ingest') end
+  if app_dbid ~= '' then fields[#fields + 1] = 'aliases'; fields[#fields + 1] = remember(state[4], app_dbid) end
+  -- After a refusal this trigger may bring the alias to try: go now, not when the wait ends (unless a
+  -- worker holds the chat: its commit or release sees this push through `gen`).
+  if state[3] and redis.call('EXISTS', P .. 'lease:' .. sid) == 0 then
+    redis.call('ZADD', DIRTY, 'LT', now, sid)
   end
-elseif kind ~= 'w' or #ARGV ~= 6 then
-  return bad_args('ingest')
-end
-local device_key = P .. 'device:' .. device
-
-if sid == '' then
-  sid = redis.call('GET', device_key) or (kind == 'p' and device or '')  -- a payload needs a key
-end
-
-if sid == '' or (kind == 'w' and redis.call('EXISTS', P .. 'ended:' .. sid) == 1) then
-  -- No chat to refresh: surface the push as device.wakeup.
-  local text = kind == 'w' and ARGV[6] or cjson.encode({deviceId = device, text = 'PUSH-NOTIFICATION'})
-  redis.call('RPUSH', WAKEUPS, text)
-  redis.call('PEXPIRE', WAKEUPS, CFG_STATE_TTL_MS)
-  ensure_drain(job_id, now)
-  return 'wakeup'
-end
-
-if kind ~= 'w' and redis.call('EXISTS', P .. 'ended:' .. sid) == 1 then return 'ended' end
-
-local skey = P .. 'session:' .. sid
-local fields = {'deviceId', device}
-
-if kind == 't' then
-  local user_id, secure_key, app_dbid = ARGV[8], ARGV[9], ARGV[10]
-  if user_id ~= '' or secure_key ~= '' then
-    local ckey, creds = P .. 'creds:' .. sid, {}
-    if user_id ~= '' then creds[#creds + 1] = 'userId'; creds[#creds + 1] = user_id end
-    if secure_key ~= '' then creds[#creds + 1] = 'secureKey'; creds[#creds + 1] = secure_key end
-    redis.call('HSET', ckey, unpack(creds))
-    redis.call('PEXPIRE', ckey, CFG_CREDS_TTL_MS)
-  end
-  local state = redis.call('HMGET', skey, 'cursor', 'alias_key', 'suspect')
-  if position == -1 then
-    fields[#fields + 1] = 'end'; fields[#fields + 1] = 'removed'
-    if not state[2] then take_alias(fields, state[2], app_dbid, 0) end
-  elseif position < tonumber(state[1] or '0') then
-    -- Announces events that a refresh, started after this trigger was computed, already fetched (and
-    -- its app-dbid is older than that refresh's alias).
-    redis.call('PEXPIRE', skey, CFG_STATE_TTL_MS)
-    return 'covered'
-  else
-    -- The newest trigger's app-dbid, whatever its key: after a refusal it is the next alias to try.
-    if app_dbid ~= '' then fields[#fields + 1] = 'app_dbid'; fields[#fields + 1] = app_dbid end
-  end
-  if position < 0 or position < tonumber(state[1] or '0') then
-    -- handled above
-  elseif state[3] and app_dbid ~= '' and app_dbid ~= state[3] then
-    -- GMS refused the last Refresh as if the chat had ended, perhaps for a stale alias (release.lua,
-    -- 'suspect'): an app-dbid other than the refused alias is the better guess, whatever its key.
-    take_alias(fields, nil, app_dbid, 2 * position)
-  else
-    take_alias(fields, state[2], app_dbid, 2 * position)
-  end
-  -- After such a refusal this trigger may carry the new alias: try again now, not when the wait ends.
-  if state[3] then redis.call('ZADD', DIRTY, 'LT', now, sid) end
 elseif kind == 'p' then
   if ARGV[6] == '1' then fields[#fields + 1] = 'end'; fields[#fields + 1] = 'chatEnded' end
   if ARGV[7] ~= '' then fields[#fields + 1] = 'alias'; fields[#fields + 1] = ARGV[7] end

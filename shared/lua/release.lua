@@ -5,8 +5,9 @@
 --   how = 'park': no credentials; emits `chat.credentials_required` once when the chat enters the
 --                 parked set. PUT /sessions (or a trigger carrying the secure key) resumes it.
 --   how = 'suspect': GMS refused the Refresh as if the chat had ended, perhaps only because `alias` (the
---                 one it used) is stale; due again at once if a newer alias is stored, else at at_ms
---                 or with the next push. The worker ends the chat if it is refused again with it.
+--                 one it used) is stale; it joins `refused`, and the chat is due again at once with an
+--                 alias not refused yet, else at at_ms or with the next push. The worker ends the chat
+--                 when an alias already refused is refused again.
 --   how = 'drop': nothing left to work on (the chat's state was forgotten or expired).
 local sid, token, how, at, gen = ARGV[1], ARGV[2], ARGV[3], int(ARGV[4]), ARGV[5]
 local now, id_base, alias = int(ARGV[6]), ARGV[7], ARGV[8]
@@ -21,7 +22,7 @@ if redis.call('GET', lease) ~= token then
 end
 redis.call('DEL', lease)
 local skey = P .. 'session:' .. sid
-local state = redis.call('HMGET', skey, 'gen', 'deviceId', 'alias', 'app_dbid')
+local state = redis.call('HMGET', skey, 'gen', 'deviceId', 'alias', 'aliases', 'refused')
 local unchanged = (state[1] or '') == gen
 if not state[2] then how = 'drop' end  -- never re-create a forgotten chat's hash (it would have no TTL)
 if how == 'retry' then
@@ -35,15 +36,20 @@ elseif how == 'later' then
   redis.call('ZADD', DIRTY, at, sid)
   return 'later'
 elseif how == 'suspect' then
-  redis.call('HSET', skey, 'suspect', alias)
-  local newer = (state[3] or '') ~= alias  -- a newer alias was stored while the Refresh ran
-  if not newer and state[4] and state[4] ~= alias then
-    -- The newest trigger's app-dbid lost to the refused alias on ordering (a trigger at a response's
-    -- nextPosition): after the refusal it is the better guess.
-    redis.call('HSET', skey, 'alias', state[4])
-    newer = true
+  -- Try the newest alias GMS has not refused yet: one stored while the Refresh ran, else a candidate
+  -- seen since the last successful Refresh; with none, wait for the next push (or at_ms).
+  local refused = remember(state[5], alias)
+  local pick = nil
+  if (state[3] or '') ~= alias and not has(refused, state[3] or '') then
+    pick = state[3]
+  else
+    for _, candidate in ipairs(items(state[4])) do
+      if not has(refused, candidate) then pick = candidate; break end
+    end
   end
-  redis.call('ZADD', DIRTY, (newer or not unchanged) and now or at, sid)
+  redis.call('HSET', skey, 'refused', refused)
+  if pick then redis.call('HSET', skey, 'alias', pick) end
+  redis.call('ZADD', DIRTY, (pick or not unchanged) and now or at, sid)
   return 'suspect'
 end
 if unchanged then redis.call('ZREM', DIRTY, sid) end

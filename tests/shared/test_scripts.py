@@ -308,8 +308,8 @@ def test_trigger_stores_state_and_credentials_and_marks_the_chat_dirty(relay: Re
     assert relay.session("s1") == {
         "deviceId": DEVICE,
         "alias": "app-7",
-        "alias_key": "2",
-        "app_dbid": "app-7",
+        "alias_key": "3",
+        "aliases": "app-7",
         "gen": "1",
     }
     assert r.hgetall(keys.credentials("s1")) == {b"userId": b"u-1", b"secureKey": b"k-1"}
@@ -499,34 +499,33 @@ def test_late_trigger_never_brings_back_an_older_alias(relay: Relay) -> None:
     assert relay.trigger("s1", 4, app_dbid="alias-4") == "queued"
     assert relay.trigger("s1", 2, app_dbid="alias-2") == "queued"  # arrives late, still not covered
     assert relay.session("s1")["alias"] == "alias-4"
-    assert relay.session("s1")["alias_key"] == "8"
+    assert relay.session("s1")["alias_key"] == "9"
     assert relay.trigger("s1", 4, app_dbid="alias-4b") == "queued"  # same position: same key, taken
     assert relay.session("s1")["alias"] == "alias-4b"
 
 
 def test_response_beats_a_trigger_below_its_next_position(relay: Relay) -> None:
-    relay.trigger("s1", 3, app_dbid="trig-3")  # key 6
+    relay.trigger("s1", 3, app_dbid="trig-3")  # key 7
     claim = relay.claim_one("s1")
-    assert relay.commit(claim, "tok-a", 4, [event(3)], alias="resp-4") == 1  # key 9
-    assert (relay.session("s1")["alias"], relay.session("s1")["alias_key"]) == ("resp-4", "9")
+    assert relay.commit(claim, "tok-a", 4, [event(3)], alias="resp-4") == 1  # key 8
+    assert (relay.session("s1")["alias"], relay.session("s1")["alias_key"]) == ("resp-4", "8")
+    assert relay.session("s1")["aliases"] == "resp-4\ntrig-3"  # the candidates, newest first
 
 
 def test_trigger_past_the_next_position_beats_the_response(relay: Relay) -> None:
     relay.trigger("s1", 1, app_dbid="trig-1")
     claim = relay.claim_one("s1")
-    assert relay.trigger("s1", 5, app_dbid="trig-5") == "queued"  # computed after the Refresh: key 10
-    assert relay.commit(claim, "tok-a", 4, [event(i) for i in (1, 2, 3)], alias="resp-4") == 1  # key 9
+    assert relay.trigger("s1", 5, app_dbid="trig-5") == "queued"  # computed after the Refresh: key 11
+    assert relay.commit(claim, "tok-a", 4, [event(i) for i in (1, 2, 3)], alias="resp-4") == 1  # key 8
     assert relay.session("s1")["alias"] == "trig-5"
-    # And in the other order: the response first, then a trigger with p == n.
+    # And in the other order: the response first, then a trigger with p == n, as Chat Server sends
+    # one after that Refresh was processed: the trigger wins.
     claim = relay.claim_one("s1")
-    assert relay.commit(claim, "tok-a", 6, [event(4), event(5)], alias="resp-6") == 1  # key 13
+    assert relay.commit(claim, "tok-a", 6, [event(4), event(5)], alias="resp-6") == 1  # key 12
     assert relay.session("s1")["alias"] == "resp-6"
-    # A trigger at the response's nextPosition may have been sent before that Refresh was processed
-    # (another client had fetched everything): the response wins.
-    assert relay.trigger("s1", 6, app_dbid="trig-6") == "queued"  # key 12
-    assert relay.session("s1")["alias"] == "resp-6"
-    assert relay.trigger("s1", 7, app_dbid="trig-7") == "queued"  # key 14
-    assert relay.session("s1")["alias"] == "trig-7"
+    assert relay.trigger("s1", 6, app_dbid="trig-6") == "queued"  # key 13
+    assert relay.session("s1")["alias"] == "trig-6"
+    assert relay.session("s1")["aliases"].split("\n")[:2] == ["trig-6", "resp-6"]
 
 
 def test_removal_trigger_only_gives_an_alias_when_there_is_none(relay: Relay) -> None:
@@ -657,8 +656,8 @@ def test_claim_takes_due_chats_under_a_lease(relay: Relay) -> None:
     assert claim.fields == {
         "deviceId": DEVICE,
         "alias": "a-1",
-        "alias_key": "2",
-        "app_dbid": "a-1",
+        "alias_key": "3",
+        "aliases": "a-1",
         "gen": "1",
         "userId": "u-1",
         "secureKey": "k-1",
@@ -669,6 +668,18 @@ def test_claim_takes_due_chats_under_a_lease(relay: Relay) -> None:
     assert relay.dirty("s1") == at + 1 + relay.lease_ms  # due again if the worker dies
     assert relay.dirty("s2") == at + 60_000
     assert not r.exists(keys.lease("s2"))
+
+
+def test_claim_moves_credentials_stored_before_the_split(relay: Relay) -> None:
+    """An earlier version kept userId/secureKey in the session hash, renewed with the chat's state:
+    the claim moves them to the credentials key (their own, shorter lifetime)."""
+    relay.trigger("s1", 1, user="", key="")
+    relay.redis.hset(keys.session("s1"), mapping={"userId": "old-u", "secureKey": "old-k"})
+    claim = relay.claim_one("s1")
+    assert (claim.fields["userId"], claim.fields["secureKey"]) == ("old-u", "old-k")
+    assert relay.redis.hgetall(keys.credentials("s1")) == {b"userId": b"old-u", b"secureKey": b"old-k"}
+    assert 0 < relay.redis.pttl(keys.credentials("s1")) <= relay.settings.session_idle_ttl_s * 1000
+    assert "secureKey" not in relay.session("s1")
 
 
 def test_claim_returns_staged_payload_events(relay: Relay) -> None:
@@ -899,33 +910,38 @@ def test_release_suspect_retries_at_once_when_a_newer_alias_is_known(relay: Rela
     relay.trigger("s1", 1, app_dbid="a-1")
     claim = relay.claim_one("s1")
     later = now_ms() + 250
-    # Refused with the alias that is still the newest known: wait (or for the next push).
+    # Refused with the only alias known: wait (or for the next push).
     assert relay.release(claim, "tok-a", "suspect", later, alias="a-1") == "suspect"
-    assert relay.session("s1")["suspect"] == "a-1"
+    assert relay.session("s1")["refused"] == "a-1"
     assert relay.dirty("s1") == later
-    # A trigger with a newer app-dbid arrived while the refused Refresh ran: go again at once.
+    # A trigger with a newer app-dbid arrived while the next refused Refresh ran: go again at once.
     claim = relay.claim_one("s1", now=later)
     relay.trigger("s1", 1, app_dbid="a-2")
     before = now_ms()
     assert relay.release(claim, "tok-a", "suspect", before + 250, alias="a-1") == "suspect"
     assert (relay.dirty("s1") or 0) < before + 250
-    # A commit (GMS answered) clears the suspicion.
+    assert relay.session("s1")["alias"] == "a-2"
+    # A commit (GMS answered) clears the refusals.
     claim = relay.claim_one("s1", now=before + 1000)
     assert relay.commit(claim, "tok-a", 1, []) == 1
-    assert "suspect" not in relay.session("s1")
+    assert "refused" not in relay.session("s1")
 
 
-def test_release_suspect_falls_back_to_the_newest_app_dbid(relay: Relay) -> None:
+def test_release_suspect_falls_back_to_a_candidate_not_refused(relay: Relay) -> None:
     relay.trigger("s1", 1, app_dbid="a-1")
     claim = relay.claim_one("s1")
-    assert relay.commit(claim, "tok-a", 3, [event(1), event(2)], alias="resp-3") == 1  # key 7
-    relay.trigger("s1", 3, app_dbid="moved")  # key 6: the response wins the tie
-    assert relay.session("s1")["alias"] == "resp-3"
+    assert relay.commit(claim, "tok-a", 3, [event(1), event(2)], alias="resp-3") == 1  # key 6
+    # A late trigger, sent before that Refresh by a customer whose other client had fetched all: it
+    # carries the Refresh's own nextPosition and an older alias, and wins the tie.
+    relay.trigger("s1", 3, app_dbid="old")  # key 7
+    assert relay.session("s1")["alias"] == "old"
     claim = relay.claim_one("s1")
     before = now_ms()
-    assert relay.release(claim, "tok-a", "suspect", before + 250, alias="resp-3") == "suspect"
-    assert relay.session("s1")["alias"] == "moved"  # refused: the trigger's app-dbid is tried next
+    assert relay.release(claim, "tok-a", "suspect", before + 250, alias="old") == "suspect"
+    assert relay.session("s1")["alias"] == "resp-3"  # refused: the newest candidate not refused
     assert (relay.dirty("s1") or 0) < before + 250
+    # Refused again with one already refused: the worker ends the chat (workers/chat.py).
+    assert relay.session("s1")["refused"] == "old"
 
 
 def test_release_later_reschedules_without_counting(relay: Relay) -> None:
