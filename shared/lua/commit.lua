@@ -57,7 +57,7 @@ if reason ~= '' then
 else
   local fields = {'cursor', cursor, 'retries', '0'}
   local state = redis.call('HMGET', skey, 'alias_key', 'aliases')
-  take_alias(fields, state[1], alias, 2 * cursor)
+  take_alias(fields, state[1], alias, 2 * cursor + 1)
   if alias ~= '' then fields[#fields + 1] = 'aliases'; fields[#fields + 1] = remember(state[2], alias) end
   if gap_since ~= '' then
     fields[#fields + 1] = 'gap_since'; fields[#fields + 1] = gap_since

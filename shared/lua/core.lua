@@ -72,13 +72,15 @@ local function mark_dirty(sid, ms)
 end
 
 -- Which alias is newest. Each source gets a key, and a source replaces the stored alias only when its
--- key is not below the stored one: a registration -1; a Refresh response whose nextPosition is n: 2n;
--- a trigger with notify-position p: 2p + 1. Chat Server computes a trigger's position when it sends
--- it: a trigger sent after a Refresh was processed carries p >= n and wins; one sent before it
--- announces an event that Refresh returned, so p < n and the response wins; a late trigger (a lower
--- position) never brings an old alias back. The one ambiguous case, p == n from a trigger sent before
--- the Refresh by a customer whose other client had fetched everything, goes to the trigger (it is the
--- rare one) and is repaired from `aliases` if GMS refuses it (release.lua, 'suspect').
+-- key is not below the stored one: a registration -1; a trigger with notify-position p: 2p; a Refresh
+-- response whose nextPosition is n: 2n + 1. Chat Server computes a trigger's position when it sends it,
+-- and a trigger sent before a Refresh was processed announces an event that Refresh returned, so its
+-- p < n: the response wins. A trigger sent after it carries p >= n; with p > n it wins. At p == n the
+-- response wins (gms-protocol.md: the alias from a trigger is used "until a Refresh response gives a
+-- newer alias"): a trigger sent before the Refresh by a customer whose other client had fetched
+-- everything carries that position with an older alias, and one sent after it carries the alias that
+-- response gave, unless the alias changed outside any Refresh, which a refusal then repairs from
+-- `aliases` (release.lua, 'suspect'). A late trigger (a lower position) never brings an old alias back.
 local function take_alias(fields, stored_key, alias, key)
   if alias ~= '' and key >= (tonumber(stored_key) or -2) then
     fields[#fields + 1] = 'alias'; fields[#fields + 1] = alias

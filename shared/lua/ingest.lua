@@ -69,9 +69,9 @@ if kind == 't' then
   elseif state[3] and app_dbid ~= '' and not has(state[3], app_dbid) then
     -- GMS refused the last Refresh as if the chat had ended, perhaps for a stale alias (release.lua,
     -- 'suspect'): an app-dbid it has not refused is the better guess, whatever its key.
-    take_alias(fields, nil, app_dbid, 2 * position + 1)
+    take_alias(fields, nil, app_dbid, 2 * position)
   else
-    take_alias(fields, state[2], app_dbid, 2 * position + 1)
+    take_alias(fields, state[2], app_dbid, 2 * position)
   end
   if app_dbid ~= '' then fields[#fields + 1] = 'aliases'; fields[#fields + 1] = remember(state[4], app_dbid) end
   -- After a refusal this trigger may bring the alias to try: go now, not when the wait ends (unless a

@@ -308,7 +308,7 @@ def test_trigger_stores_state_and_credentials_and_marks_the_chat_dirty(relay: Re
     assert relay.session("s1") == {
         "deviceId": DEVICE,
         "alias": "app-7",
-        "alias_key": "3",
+        "alias_key": "2",
         "aliases": "app-7",
         "gen": "1",
     }
@@ -499,33 +499,36 @@ def test_late_trigger_never_brings_back_an_older_alias(relay: Relay) -> None:
     assert relay.trigger("s1", 4, app_dbid="alias-4") == "queued"
     assert relay.trigger("s1", 2, app_dbid="alias-2") == "queued"  # arrives late, still not covered
     assert relay.session("s1")["alias"] == "alias-4"
-    assert relay.session("s1")["alias_key"] == "9"
+    assert relay.session("s1")["alias_key"] == "8"
     assert relay.trigger("s1", 4, app_dbid="alias-4b") == "queued"  # same position: same key, taken
     assert relay.session("s1")["alias"] == "alias-4b"
 
 
 def test_response_beats_a_trigger_below_its_next_position(relay: Relay) -> None:
-    relay.trigger("s1", 3, app_dbid="trig-3")  # key 7
+    relay.trigger("s1", 3, app_dbid="trig-3")  # key 6
     claim = relay.claim_one("s1")
-    assert relay.commit(claim, "tok-a", 4, [event(3)], alias="resp-4") == 1  # key 8
-    assert (relay.session("s1")["alias"], relay.session("s1")["alias_key"]) == ("resp-4", "8")
+    assert relay.commit(claim, "tok-a", 4, [event(3)], alias="resp-4") == 1  # key 9
+    assert (relay.session("s1")["alias"], relay.session("s1")["alias_key"]) == ("resp-4", "9")
     assert relay.session("s1")["aliases"] == "resp-4\ntrig-3"  # the candidates, newest first
 
 
 def test_trigger_past_the_next_position_beats_the_response(relay: Relay) -> None:
     relay.trigger("s1", 1, app_dbid="trig-1")
     claim = relay.claim_one("s1")
-    assert relay.trigger("s1", 5, app_dbid="trig-5") == "queued"  # computed after the Refresh: key 11
-    assert relay.commit(claim, "tok-a", 4, [event(i) for i in (1, 2, 3)], alias="resp-4") == 1  # key 8
+    assert relay.trigger("s1", 5, app_dbid="trig-5") == "queued"  # computed after the Refresh: key 10
+    assert relay.commit(claim, "tok-a", 4, [event(i) for i in (1, 2, 3)], alias="resp-4") == 1  # key 9
     assert relay.session("s1")["alias"] == "trig-5"
-    # And in the other order: the response first, then a trigger with p == n, as Chat Server sends
-    # one after that Refresh was processed: the trigger wins.
+    # And in the other order: the response first, then a trigger with p == n.
     claim = relay.claim_one("s1")
-    assert relay.commit(claim, "tok-a", 6, [event(4), event(5)], alias="resp-6") == 1  # key 12
+    assert relay.commit(claim, "tok-a", 6, [event(4), event(5)], alias="resp-6") == 1  # key 13
     assert relay.session("s1")["alias"] == "resp-6"
-    assert relay.trigger("s1", 6, app_dbid="trig-6") == "queued"  # key 13
-    assert relay.session("s1")["alias"] == "trig-6"
+    # A trigger at the response's nextPosition may have been sent before that Refresh was processed
+    # (another client had fetched everything): the response wins; its alias stays a candidate.
+    assert relay.trigger("s1", 6, app_dbid="trig-6") == "queued"  # key 12
+    assert relay.session("s1")["alias"] == "resp-6"
     assert relay.session("s1")["aliases"].split("\n")[:2] == ["trig-6", "resp-6"]
+    assert relay.trigger("s1", 7, app_dbid="trig-7") == "queued"  # key 14
+    assert relay.session("s1")["alias"] == "trig-7"
 
 
 def test_removal_trigger_only_gives_an_alias_when_there_is_none(relay: Relay) -> None:
@@ -656,7 +659,7 @@ def test_claim_takes_due_chats_under_a_lease(relay: Relay) -> None:
     assert claim.fields == {
         "deviceId": DEVICE,
         "alias": "a-1",
-        "alias_key": "3",
+        "alias_key": "2",
         "aliases": "a-1",
         "gen": "1",
         "userId": "u-1",
@@ -930,18 +933,18 @@ def test_release_suspect_retries_at_once_when_a_newer_alias_is_known(relay: Rela
 def test_release_suspect_falls_back_to_a_candidate_not_refused(relay: Relay) -> None:
     relay.trigger("s1", 1, app_dbid="a-1")
     claim = relay.claim_one("s1")
-    assert relay.commit(claim, "tok-a", 3, [event(1), event(2)], alias="resp-3") == 1  # key 6
-    # A late trigger, sent before that Refresh by a customer whose other client had fetched all: it
-    # carries the Refresh's own nextPosition and an older alias, and wins the tie.
-    relay.trigger("s1", 3, app_dbid="old")  # key 7
-    assert relay.session("s1")["alias"] == "old"
+    assert relay.commit(claim, "tok-a", 3, [event(1), event(2)], alias="resp-3") == 1  # key 7
+    # The alias changed outside any Refresh (the session moved): the next trigger carries it at the
+    # Refresh's own nextPosition, and the response wins that tie.
+    relay.trigger("s1", 3, app_dbid="moved")  # key 6
+    assert relay.session("s1")["alias"] == "resp-3"
     claim = relay.claim_one("s1")
     before = now_ms()
-    assert relay.release(claim, "tok-a", "suspect", before + 250, alias="old") == "suspect"
-    assert relay.session("s1")["alias"] == "resp-3"  # refused: the newest candidate not refused
+    assert relay.release(claim, "tok-a", "suspect", before + 250, alias="resp-3") == "suspect"
+    assert relay.session("s1")["alias"] == "moved"  # refused: the newest candidate not refused
     assert (relay.dirty("s1") or 0) < before + 250
     # Refused again with one already refused: the worker ends the chat (workers/chat.py).
-    assert relay.session("s1")["refused"] == "old"
+    assert relay.session("s1")["refused"] == "resp-3"
 
 
 def test_release_later_reschedules_without_counting(relay: Relay) -> None:
