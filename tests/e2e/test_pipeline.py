@@ -52,6 +52,7 @@ def test_every_event_once_in_order_with_failures_and_duplicates(
     chat_server.faults.fail_refresh_http503 = 0.05
     chat_server.faults.fail_refresh_status1 = 0.05
     chat_server.faults.alias_change = 0.1
+    chat_server.faults.ahead_rate = 0.05  # another client of the customer fetched: triggers run ahead
     # A Refresh answered (perhaps with a new alias) after REFRESH_TIMEOUT_MS is lost on our side; chats
     # whose triggers carry `app-dbid` repair the alias from the next trigger, registered ones cannot
     # (their next Refresh would use a stale alias, which GMS refuses). The defaults (400 ms deadline)
@@ -64,8 +65,10 @@ def test_every_event_once_in_order_with_failures_and_duplicates(
         LEASE_TTL_MS="4200",
     )
     with relay_processes(env, workers=2) as relay:
-        report = run_scenario(f"{relay.base_url}/push", scenario(relay.base_url), server=chat_server)
+        config = scenario(relay.base_url, app_dbid_rate=0.5, late_rate=0.05)
+        report = run_scenario(f"{relay.base_url}/push", config, server=chat_server)
         assert report.totals.pushes_rejected == 0
+        assert report.totals.late > 0 and report.totals.other_client_refreshes > 0  # the noise happened
         wait_for(lambda: all(chat_done(redis_client, c) for c in report.chats), timeout_s=60)
         # Metrics of both worker processes add up in Redis; the ingress serves them.
         streamed = sum(
@@ -83,7 +86,7 @@ def test_every_event_once_in_order_with_failures_and_duplicates(
         assert 'gms_relay_pushes_total{kind="trigger",outcome="queued"}' in metrics
     assert report.settled
     assert report.totals.refreshes_cometd_key == 0
-    assert report.totals.refreshes_stale_alias == 0
+    assert report.totals.refreshes_stale_alias == 0 and report.totals.refreshes_alias_error == 0
     assert {c.mode for c in report.chats} == {"reliable", "payload", "wakeup"}
     assert_exactly_once_in_order(redis_client, report)
     assert_resends_only_after_failures(report)
