@@ -17,7 +17,8 @@ import socket
 import ssl
 import threading
 import time
-from typing import Any
+from email.message import Message
+from typing import Any, NamedTuple
 from urllib.parse import unquote, urlencode, urlsplit
 
 # A Refresh reply holds a page of transcript; anything this big is not one.
@@ -173,6 +174,12 @@ class _TLSConnection(_Connection, http.client.HTTPSConnection):
     """The same over TLS (HTTPSConnection's connect wraps the socket _Connection opens)."""
 
 
+class Reply(NamedTuple):
+    status: int
+    body: bytes
+    headers: Message
+
+
 class BadReply(http.client.HTTPException):
     """The reply broke HTTP framing in a way http.client reports as a plain ValueError or worse."""
 
@@ -213,12 +220,13 @@ class FormClient:
         self._open: set[_Connection] = set()
 
     def post_form(self, path: str, form: dict[str, str]) -> tuple[int, bytes]:
-        body = urlencode(form).encode()
-        headers = {
-            "Content-Type": "application/x-www-form-urlencoded",
-            "Accept": "application/json",
-            "User-Agent": "gms-push-relay",
-        }
+        headers = {"Content-Type": "application/x-www-form-urlencoded", "Accept": "application/json"}
+        reply = self.post(path, urlencode(form).encode(), headers)
+        return reply.status, reply.body
+
+    def post(self, path: str, body: bytes, headers: dict[str, str]) -> Reply:
+        """POST `body` to `path` (relative to the base URL's path, query included) within the deadline."""
+        headers = {"User-Agent": "gms-push-relay", **headers}
         if self._authorization is not None:
             headers["Authorization"] = self._authorization
         conn = self._connection()
@@ -239,9 +247,7 @@ class FormClient:
             conn.close()  # a half-read reply must never be mistaken for the next one
             raise _transport_error(exc) from None
 
-    def _exchange(
-        self, conn: _Connection, url: str, body: bytes, headers: dict[str, str]
-    ) -> tuple[int, bytes]:
+    def _exchange(self, conn: _Connection, url: str, body: bytes, headers: dict[str, str]) -> Reply:
         conn.request("POST", url, body=body, headers=headers)
         reply = conn.getresponse()
         data = reply.read(self._max_reply_bytes + 1)
@@ -253,7 +259,7 @@ class FormClient:
             conn.close()  # never read an unbounded rest; an unframed reply ends the connection
         else:
             conn.idle_since = time.monotonic()
-        return reply.status, data
+        return Reply(reply.status, data, reply.headers)
 
     def _connection(self) -> _Connection:
         conn: _Connection | None = getattr(self._local, "conn", None)

@@ -88,8 +88,15 @@ def delivery(delivery_id: str) -> str:
     return f"{PREFIX}:delivery:{delivery_id}"
 
 
-# Sorted set of webhook deliveries by due time (ms); a taken delivery's score is its lease end.
+# Sorted set of webhook deliveries by due time (ms); a taken delivery's score is its lease end, and a
+# delivery waiting on a sink that is down or disabled scores SINK_PARKED + sink.
 DELIVERIES = f"{PREFIX}:deliveries"
+SINK_PARKED = 10**13  # as in shared/lua/fanout.lua
+
+
+def sink(index: int) -> str:
+    """Hash of a webhook sink's health: fails (in a row), down / probe_at (ms), disabled (410 Gone, ms)."""
+    return f"{PREFIX}:sink:{index}"
 
 
 def rq_queue(name: str) -> str:

@@ -39,6 +39,10 @@ DRAIN_TIMEOUT_S = 60
 # writes of the script have landed), and one huge call would stall Redis for everybody. Bigger
 # outcomes are committed in chunks (workers/commit.py); the script refuses more before any write.
 COMMIT_CHUNK_EVENTS = 500
+# A webhook sink that fails this many deliveries in a row is down: its deliveries wait, and one of them
+# is sent as a probe every SINK_PROBE_MS; the first success sends all of them at once.
+SINK_DOWN_AFTER = 5
+SINK_PROBE_MS = 1000
 DRAIN_FAILURE_TTL_S = 24 * 3600
 # Job.create wants a client; building a template never sends a command.
 _OFFLINE = Redis()
@@ -72,6 +76,8 @@ def _constants(settings: Settings) -> dict[str, int]:
         "LEASE_TTL_MS": settings.lease_ttl_ms,
         "DRAIN_MARKER_TTL_MS": keys.DRAIN_MARKER_TTL_MS,
         "COMMIT_CHUNK_EVENTS": COMMIT_CHUNK_EVENTS,
+        "SINK_DOWN_AFTER": SINK_DOWN_AFTER,
+        "SINK_PROBE_MS": SINK_PROBE_MS,
     }
 
 

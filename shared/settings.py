@@ -40,7 +40,10 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
     # Webhook fan-out.
     webhook_timeout_ms: int = 5000
     webhook_batch_max: int = 50
-    webhook_retry_schedule_s: tuple[int, ...] = (1, 5, 15, 60, 300, 900, 1800, 3600)
+    # A fast first tier (chat platforms retry within seconds), then a long tail over ~2 h (gateways).
+    webhook_retry_schedule_s: tuple[float, ...] = (
+        0.25, 0.5, 1, 2, 4, 8, 15, 30, 60, 300, 900, 1800, 3600,
+    )  # fmt: skip
     # Payload mode: how long a gap in transcript indexes may hold later events back.
     payload_gap_wait_ms: int = 2000
 
@@ -89,6 +92,17 @@ def _parse_int(name: str, raw: str) -> int:
     return value
 
 
+def _parse_seconds(name: str, raw: str) -> float:
+    """Positive seconds, fractions allowed (`0.25`)."""
+    try:
+        value = float(raw)
+    except ValueError:
+        raise ConfigError(f"{name} entries must be numbers of seconds, got {raw.strip()!r}") from None
+    if not 0 < value < float("inf"):
+        raise ConfigError(f"{name} entries must be positive, got {raw.strip()!r}")
+    return value
+
+
 def load_settings(environ: Mapping[str, str]) -> Settings:
     """Build settings from an environment mapping; a bad value fails naming its variable."""
     values: dict[str, object] = {}
@@ -111,7 +125,7 @@ def load_settings(environ: Mapping[str, str]) -> Settings:
     schedule = environ.get("WEBHOOK_RETRY_SCHEDULE_S", "").strip()
     if schedule:
         values["webhook_retry_schedule_s"] = tuple(
-            _parse_int("WEBHOOK_RETRY_SCHEDULE_S", part) for part in schedule.split(",")
+            _parse_seconds("WEBHOOK_RETRY_SCHEDULE_S", part) for part in schedule.split(",")
         )
     gms_url = values.get("gms_url")
     if isinstance(gms_url, str):

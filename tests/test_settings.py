@@ -44,3 +44,15 @@ def test_a_lease_must_cover_twice_the_refresh_deadline_plus_a_margin(
 def test_retired_variables_are_refused_with_a_pointer(var: str) -> None:
     with pytest.raises(ConfigError, match=f"{var} is no longer used"):
         load_settings({var: "600"})
+
+
+def test_webhook_retry_schedule_accepts_fractional_seconds() -> None:
+    assert load_settings({}).webhook_retry_schedule_s[:3] == (0.25, 0.5, 1)  # a fast first tier
+    assert load_settings({"WEBHOOK_RETRY_SCHEDULE_S": "0.25, 1,2.5"}).webhook_retry_schedule_s == (
+        0.25,
+        1,
+        2.5,
+    )
+    for bad in ("0", "-1", "soon", "nan", "inf", "1,,2"):
+        with pytest.raises(ConfigError, match="WEBHOOK_RETRY_SCHEDULE_S"):
+            load_settings({"WEBHOOK_RETRY_SCHEDULE_S": bad})

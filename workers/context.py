@@ -14,7 +14,6 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any
 
-import httpx
 import redis
 
 from shared.errors import ConfigError
@@ -35,7 +34,6 @@ class WorkerContext:
     redis: redis.Redis
     scripts: dict[str, Any]
     gms: ChatApi
-    webhook_http: httpx.Client
     pool: ThreadPoolExecutor
     histograms: Histograms = field(default_factory=Histograms)
     webhooks: WebhookDispatcher = field(init=False)
@@ -62,7 +60,8 @@ class WorkerContext:
             pool.shutdown(wait=True)
         self.histograms.flush(self.redis)
         self.gms.close()
-        self.webhook_http.close()
+        for client, _path in self.webhooks.clients:
+            client.close()
         self.redis.close()
 
     @classmethod
@@ -77,11 +76,6 @@ class WorkerContext:
             redis=client,
             scripts=ScriptSources.build(settings).register(client),
             gms=ChatApi(settings.gms_url, settings.refresh_timeout_ms / 1000),
-            webhook_http=httpx.Client(
-                timeout=httpx.Timeout(settings.webhook_timeout_ms / 1000),
-                limits=httpx.Limits(max_connections=32, max_keepalive_connections=32),
-                follow_redirects=False,
-            ),
             pool=ThreadPoolExecutor(max_workers=CLAIM_BATCH, thread_name_prefix="refresh"),
         )
         context.webhooks = WebhookDispatcher(context)

@@ -1,18 +1,47 @@
 -- A webhook attempt failed. Fenced by the lease token: a worker that lost its lease changes nothing.
--- ARGV: id, token, retry_at_ms ('' = dead-lettered: the RQ failed registry holds it now)
--- Returns the attempts made so far, or -1 if fenced.
-local id, token, retry_at = ARGV[1], ARGV[2], ARGV[3]
-if #ARGV ~= 3 or (retry_at ~= '' and not int(retry_at)) then return bad_args('delivery_failed') end
+-- ARGV: id, token, now_ms, retry_at_ms ('' = that was the last attempt), gone ('1': HTTP 410 Gone)
+-- Returns what became of the delivery:
+--   'fenced' (not ours any more), 'retry' (due again at retry_at_ms), 'parked' (its sink is down: it
+--   waits for the sink's probe, using no attempt), 'dead' (dead-lettered: the caller records it in
+--   RQ's failed registry), 'gone' (410: dead-lettered and the sink disabled: nothing more is sent).
+local id, token, now, retry_at, gone = ARGV[1], ARGV[2], int(ARGV[3]), ARGV[4], ARGV[5] == '1'
+if #ARGV ~= 5 or not now or (retry_at ~= '' and not int(retry_at)) then return bad_args('delivery_failed') end
 local dkey = P .. 'delivery:' .. id
-if redis.call('HGET', dkey, 'token') ~= token then return -1 end
-local attempts = redis.call('HINCRBY', dkey, 'attempts', 1)
+local d = redis.call('HMGET', dkey, 'token', 'sink')
+if d[1] ~= token or not d[2] then return 'fenced' end
 redis.call('HDEL', dkey, 'token')
+local skey = P .. 'sink:' .. d[2]
+if gone then
+  redis.call('ZREM', DELIVERIES, id)
+  redis.call('HINCRBY', dkey, 'attempts', 1)
+  redis.call('HSET', dkey, 'dead', 1)
+  redis.call('HSET', skey, 'disabled', now)
+  redis.call('PEXPIRE', skey, CFG_OUTBOX_TTL_MS)
+  count('webhook_dead_lettered')
+  count('webhook_sink_disabled')
+  return 'gone'
+end
+local fails = redis.call('HINCRBY', skey, 'fails', 1)
+redis.call('PEXPIRE', skey, CFG_OUTBOX_TTL_MS)
+local state = redis.call('HMGET', skey, 'down', 'disabled')
+local down = state[1] or state[2]
+if not down and fails >= CFG_SINK_DOWN_AFTER then
+  -- Several deliveries failed in a row: the sink is down. Its deliveries wait; one probe a second.
+  redis.call('HSET', skey, 'down', now, 'probe_at', now + CFG_SINK_PROBE_MS)
+  down = now
+  count('webhook_sink_down')
+end
+if down then
+  redis.call('ZADD', DELIVERIES, SINK_PARKED + tonumber(d[2]), id)
+  return 'parked'
+end
+redis.call('HINCRBY', dkey, 'attempts', 1)
 if retry_at == '' then
   redis.call('ZREM', DELIVERIES, id)
   redis.call('HSET', dkey, 'dead', 1)
   count('webhook_dead_lettered')
-else
-  redis.call('ZADD', DELIVERIES, int(retry_at), id)
-  count('webhook_retried')
+  return 'dead'
 end
-return attempts
+redis.call('ZADD', DELIVERIES, int(retry_at), id)
+count('webhook_retried')
+return 'retry'

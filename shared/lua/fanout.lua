@@ -5,6 +5,9 @@
 -- bytes are fixed here, so every retry carries the same webhook-id and body. Due deliveries sit in
 -- DELIVERIES by due time. Callers bound the number of items per call (unpack has a stack limit).
 local DELIVERIES = P .. 'deliveries'
+-- Score of the deliveries waiting on a sink that is down or disabled: SINK_PARKED + sink, beyond any
+-- due time, so that the sink's probe and its recovery find exactly them.
+local SINK_PARKED = 10000000000000  -- 1e13 ms (year 2286); 14 digits, exact in Lua's number format
 
 local function start_delivery(sink, sid, id, ms)
   local okey = P .. 'outbox:' .. sink .. ':' .. sid

@@ -192,6 +192,10 @@ class Relay:
         room = ["8"] * len(self.settings.webhook_urls)
         return list(self.run("take_deliveries", [str(now or now_ms()), str(lease_ms), token, *room]))
 
+    def failed(self, delivery_id: Any, token: str, now: int, retry_at: str, gone: bool = False) -> str:
+        args = [delivery_id, token, str(now), retry_at, "1" if gone else ""]
+        return text(self.run("delivery_failed", args))
+
     def done(self, delivery_id: str) -> int:
         return int(self.run("delivery_done", [delivery_id, self.new_id("wh"), str(now_ms())]))
 
@@ -593,7 +597,7 @@ MALFORMED_OTHERS = {
     "release-at": ("release", ["s1", "tok-a", "retry", "soon", "1", "1700000000000", "wh", ""]),
     "take-capacity": ("take_deliveries", ["1700000000000", "1000", "tok", "many"]),
     "done-now": ("delivery_done", ["d-1", "d-2", "now"]),
-    "failed-retry-at": ("delivery_failed", ["d-1", "tok", "soon"]),
+    "failed-retry-at": ("delivery_failed", ["d-1", "tok", "1700000000000", "soon", ""]),
 }
 
 
@@ -1134,12 +1138,12 @@ def test_deliveries_are_taken_under_a_lease_and_fenced(make_relay: RelayFactory)
     assert [e["index"] for e in json.loads(body)["data"]["events"]] == [1, 2]
     assert r.zscore(keys.DELIVERIES, delivery_id) == at + 5000
     assert relay.take("lease-2", now=at + 1) == []  # leased
-    assert int(relay.run("delivery_failed", [delivery_id, "lease-2", str(at + 100)])) == -1
-    assert int(relay.run("delivery_failed", [delivery_id, "lease-1", str(at + 100)])) == 1
+    assert relay.failed(delivery_id, "lease-2", at, str(at + 100)) == "fenced"
+    assert relay.failed(delivery_id, "lease-1", at, str(at + 100)) == "retry"
     assert r.zscore(keys.DELIVERIES, delivery_id) == at + 100
     ((again, *_, attempts),) = relay.take("lease-3", now=at + 100)
     assert (again, attempts) == (delivery_id, b"1")
-    assert int(relay.run("delivery_failed", [delivery_id, "lease-3", ""])) == 2  # dead-lettered
+    assert relay.failed(delivery_id, "lease-3", at + 100, "") == "dead"  # the last attempt
     assert r.hget(keys.delivery(text(delivery_id)), "dead") == b"1"
     assert r.zscore(keys.DELIVERIES, delivery_id) is None
     assert r.get(keys.inflight(0, "s1")) == delivery_id  # later deliveries wait behind it
@@ -1207,3 +1211,44 @@ def test_every_key_the_scripts_write_has_a_ttl(make_relay: RelayFactory) -> None
     assert r.exists(keys.COUNTERS)
     prefixes = {":".join(text(k).split(":")[:2]) for k in r.keys(f"{keys.PREFIX}:*")}
     assert prefixes >= {"gms-relay:session", "gms-relay:creds", "gms-relay:events", "gms-relay:ended"}
+
+
+def test_a_sink_failing_in_a_row_is_down_probed_once_a_second_then_resumes_every_chat(
+    make_relay: RelayFactory,
+) -> None:
+    relay = make_relay(**SINK)
+    r = relay.redis
+    for n in range(6):
+        chat_with_events(relay, sid=f"s{n}", count=1)
+    at = now_ms() + 1
+    rows = relay.take("lease-1", now=at)
+    assert len(rows) == 6
+    outcomes = [relay.failed(row[0], "lease-1", at, str(at + 60_000)) for row in rows]
+    assert outcomes == ["retry"] * 4 + ["parked"] * 2  # the 5th failure in a row: the sink is down
+    assert r.hget(keys.sink(0), "down") is not None
+    # Down: the deliveries due by their schedule wait; one probe a second, whatever its due time.
+    assert [row[0] for row in relay.take("lease-2", now=at + 1)] == []
+    (probe,) = relay.take("lease-2", now=at + 1000)
+    assert relay.take("lease-3", now=at + 1500) == []
+    assert relay.failed(probe[0], "lease-2", at + 1500, str(at + 90_000)) == "parked"  # no attempt used
+    (probe,) = relay.take("lease-4", now=at + 2000)
+    # The probe succeeds: every chat resumes at once.
+    relay.done(text(probe[0]))
+    assert not r.exists(keys.sink(0))
+    rows = relay.take("lease-5", now=at + 2001)
+    assert len(rows) == 5 and {row[2] for row in rows} == {f"s{n}".encode() for n in range(6)} - {probe[2]}
+
+
+def test_410_gone_disables_the_sink_until_an_operator_delivers_again(make_relay: RelayFactory) -> None:
+    relay = make_relay(**SINK)
+    chat_with_events(relay, sid="s1", count=1)
+    chat_with_events(relay, sid="s2", count=1)
+    at = now_ms() + 1
+    first, second = relay.take("lease-1", now=at)
+    assert relay.failed(first[0], "lease-1", at, str(at + 100), gone=True) == "gone"
+    assert relay.redis.hget(keys.delivery(text(first[0])), "dead") == b"1"
+    assert relay.failed(second[0], "lease-1", at, str(at + 100)) == "parked"  # nothing more is sent
+    assert relay.take("lease-2", now=at + 5000) == []
+    relay.done(text(first[0]))  # an operator requeued the dead letter and it was accepted
+    ((resumed, *_),) = relay.take("lease-3", now=at + 5001)
+    assert resumed == second[0]
