@@ -52,11 +52,17 @@ def verify(secret: str, delivery: Delivery) -> bool:
 
 @dataclass
 class WebhookReceiver:
-    """Records every request; `fail_rate` answers 500 at random, `delay_s` stalls each reply."""
+    """Records every request; `fail_rate` answers 500 at random, `delay_s` stalls each reply, `status`
+    (when set) answers every request with it (and `retry_after` as its Retry-After header). It also
+    notes every webhook-id that was ever being received twice at once (`overlaps`)."""
 
     port: int = 0
     fail_rate: float = 0.0
     delay_s: float = 0.0
+    status: int | None = None
+    retry_after: str | None = None
+    overlaps: list[str] = field(default_factory=list)
+    _receiving: dict[str, int] = field(default_factory=dict)
     seed: int | None = None
     deliveries: list[Delivery] = field(default_factory=list)
     _lock: threading.Lock = field(default_factory=threading.Lock)
@@ -76,10 +82,21 @@ class WebhookReceiver:
 
     def app(self) -> Starlette:
         async def webhook(request: Request) -> Response:
-            body = await request.body()
-            if self.delay_s:
-                await asyncio.sleep(self.delay_s)
+            webhook_id = request.headers.get("webhook-id", "")
+            with self._lock:
+                self._receiving[webhook_id] = self._receiving.get(webhook_id, 0) + 1
+                if self._receiving[webhook_id] > 1:
+                    self.overlaps.append(webhook_id)
+            try:
+                body = await request.body()
+                if self.delay_s:
+                    await asyncio.sleep(self.delay_s)
+            finally:
+                with self._lock:
+                    self._receiving[webhook_id] -= 1
             status = 500 if self._random.random() < self.fail_rate else 200
+            status = self.status or status
+            headers = {"Retry-After": self.retry_after} if self.retry_after and status != 200 else None
             with self._lock:
                 self.deliveries.append(
                     Delivery(
@@ -91,7 +108,7 @@ class WebhookReceiver:
                         received_at=time.time(),
                     )
                 )
-            return Response(status_code=status)
+            return Response(status_code=status, headers=headers)
 
         async def livez(request: Request) -> Response:
             return JSONResponse({"status": "alive"})

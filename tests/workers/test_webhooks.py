@@ -267,3 +267,100 @@ def test_a_slow_endpoint_does_not_delay_another(redis_server: RedisServer, redis
         slow.stop()
         fast.stop()
     assert json.loads(fast.accepted()[0].body)["type"] == "chat.events"
+
+
+def chats_delivered(receiver: WebhookReceiver, sessions: set[str]) -> bool:
+    return {d.json["data"]["sessionId"] for d in receiver.accepted()} >= sessions
+
+
+def test_a_sink_that_is_down_is_probed_and_every_chat_resumes_at_once(
+    redis_server: RedisServer, redis_client: redis.Redis
+) -> None:
+    """Every delivery fails: after 5 in a row the sink is down and only a probe a second is sent. The
+    retries are scheduled 30 s out, yet once the receiver is back every chat is delivered within
+    seconds: the probe's success resumes them all, the backoff they reached does not count."""
+    receiver = WebhookReceiver(status=503)
+    sessions = {f"down-{n}" for n in range(8)}
+    with (
+        receiver,
+        relay_processes(
+            env_for(redis_server, receiver.url, WEBHOOK_RETRY_SCHEDULE_S="30,30"), workers=2
+        ) as relay,
+    ):
+        for session in sorted(sessions):
+            post(relay, body(payload_message([event(1)], chat_id=session), device_id=f"dev-{session}"))
+        wait_for(lambda: int(redis_client.hget(keys.COUNTERS, "webhook_sink_down") or 0) == 1)
+        receiver.status = None
+        wait_for(lambda: chats_delivered(receiver, sessions), timeout_s=15)  # well inside the 30 s backoff
+        assert int(redis_client.hget(keys.COUNTERS, "webhook_sink_up") or 0) == 1
+    attempts = len(receiver.deliveries) - len(receiver.accepted())
+    assert attempts < 5 + 15  # the 5 that failed in a row, then probes only (about one a second)
+    assert receiver.overlaps == []
+
+
+def test_retry_after_on_503_is_honoured(redis_server: RedisServer, redis_client: redis.Redis) -> None:
+    receiver = WebhookReceiver(status=503, retry_after="2")
+    with (
+        receiver,
+        relay_processes(
+            env_for(redis_server, receiver.url, WEBHOOK_RETRY_SCHEDULE_S="0.25"), workers=1
+        ) as relay,
+    ):
+        post(relay, body(payload_message([event(1)])))
+        wait_for(lambda: len(receiver.deliveries) == 1)
+        receiver.status = None
+        wait_for(lambda: len(receiver.accepted()) == 1)
+    first, second = receiver.deliveries
+    assert first.webhook_id == second.webhook_id
+    assert second.received_at - first.received_at >= 2 * 0.8  # not the schedule's 0.25 s (jitter -20%)
+
+
+def test_410_gone_dead_letters_and_disables_the_sink_until_requeued(
+    redis_server: RedisServer, redis_client: redis.Redis
+) -> None:
+    receiver = WebhookReceiver(status=410)
+    env = env_for(redis_server, receiver.url)
+    registry = FailedJobRegistry(keys.WEBHOOK_QUEUE, connection=redis_client, serializer=JSONSerializer)
+    with receiver, relay_processes(env, workers=1) as relay:
+        post(relay, body(payload_message([event(1)], chat_id="gone-1"), device_id="dev-1"))
+        wait_for(lambda: len(registry.get_job_ids()) == 1)
+        post(relay, body(payload_message([event(1)], chat_id="gone-2"), device_id="dev-2"))
+
+        def parked() -> bool:  # gone-2's delivery waits on the disabled sink, never sent
+            entries: list[tuple[bytes, float]] = redis_client.zrange(keys.DELIVERIES, 0, -1, withscores=True)  # type: ignore[assignment]
+            scores = [score for _, score in entries]
+            return scores == [keys.SINK_PARKED]
+
+        wait_for(parked)
+        assert len(receiver.deliveries) == 1  # nothing more was sent to the endpoint
+        assert int(redis_client.hget(keys.COUNTERS, "webhook_sink_disabled") or 0) == 1
+        receiver.status = None
+        requeue = subprocess.run(relay_command("requeue-failed", "--all"), env=env, capture_output=True)
+        assert requeue.returncode == 0, requeue.stderr
+        wait_for(lambda: chats_delivered(receiver, {"gone-1", "gone-2"}))
+    assert registry.get_job_ids() == []
+
+
+def test_no_delivery_is_ever_in_flight_twice(redis_server: RedisServer, redis_client: redis.Redis) -> None:
+    """A slow receiver and two worker processes whose drains and watchers all start deliveries: each
+    webhook-id is received at most once at a time, and every delivery arrives."""
+    receiver = WebhookReceiver(delay_s=0.05, fail_rate=0.2, seed=3)
+    sessions = {f"busy-{n}" for n in range(30)}
+    with (
+        receiver,
+        relay_processes(
+            env_for(redis_server, receiver.url, WEBHOOK_RETRY_SCHEDULE_S="0.25,0.25,0.5,1,1,1,1,1,1,1"),
+            workers=2,
+        ) as relay,
+    ):
+        for index in (1, 2, 3):
+            for session in sorted(sessions):
+                content = body(payload_message([event(index)], chat_id=session), device_id=f"dev-{session}")
+                post(relay, content)
+        wait_for(
+            lambda: all(
+                sum(len(d.json["data"]["events"]) for d in by_chat(receiver.accepted())[s]) == 3
+                for s in sessions
+            )
+        )
+    assert receiver.overlaps == []
