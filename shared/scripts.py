@@ -41,7 +41,7 @@ DRAIN_TIMEOUT_S = 60
 COMMIT_CHUNK_EVENTS = 500
 # A webhook sink that fails this many deliveries in a row is down: its deliveries wait, and one of them
 # is sent as a probe every SINK_PROBE_MS; the first success sends all of them at once.
-SINK_DOWN_AFTER = 5
+SINK_DOWN_AFTER = 10
 SINK_PROBE_MS = 1000
 DRAIN_FAILURE_TTL_S = 24 * 3600
 # Job.create wants a client; building a template never sends a command.

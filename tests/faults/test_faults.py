@@ -145,7 +145,7 @@ def test_webhook_receiver_down_for_twenty_seconds(
     with faulty_run(
         redis_server.url, chat_server, receiver_outage, receiver=receiver, chats=20, events_per_chat=10
     ) as outcome:
-        # The sink goes down (5 failures in a row): its deliveries wait and a probe tests it every second;
+        # The sink goes down (10 failures in a row): its deliveries wait and a probe tests it every second;
         # 20 s is many probes and, for the deliveries scheduled before, several steps of the schedule.
         wait_for(lambda: int(redis_client.hget(keys.COUNTERS, "webhook_sink_down") or 0) >= 1)
         wait_for(lambda: time.monotonic() - down_since[0] > 20, timeout_s=30, step_s=0.5)

@@ -22,6 +22,7 @@ from starlette.types import ASGIApp, Receive, Scope, Send
 
 from shared import keys
 from shared.redis_server import RedisServer
+from shared.scripts import SINK_DOWN_AFTER
 from shared.stack import relay_command
 from simulator.receiver import Delivery, WebhookReceiver
 from tests.processes import RelayProcesses, relay_env, relay_processes, wait_for
@@ -276,11 +277,11 @@ def chats_delivered(receiver: WebhookReceiver, sessions: set[str]) -> bool:
 def test_a_sink_that_is_down_is_probed_and_every_chat_resumes_at_once(
     redis_server: RedisServer, redis_client: redis.Redis
 ) -> None:
-    """Every delivery fails: after 5 in a row the sink is down and only a probe a second is sent. The
-    retries are scheduled 30 s out, yet once the receiver is back every chat is delivered within
-    seconds: the probe's success resumes them all, the backoff they reached does not count."""
+    """Every delivery fails: after SINK_DOWN_AFTER in a row the sink is down and only a probe a second
+    is sent. The retries are scheduled 30 s out, yet once the receiver is back every chat is delivered
+    within seconds: the probe's success resumes them all, the backoff they reached does not count."""
     receiver = WebhookReceiver(status=503)
-    sessions = {f"down-{n}" for n in range(8)}
+    sessions = {f"down-{n}" for n in range(SINK_DOWN_AFTER + 2)}
     with (
         receiver,
         relay_processes(
@@ -294,7 +295,7 @@ def test_a_sink_that_is_down_is_probed_and_every_chat_resumes_at_once(
         wait_for(lambda: chats_delivered(receiver, sessions), timeout_s=15)  # well inside the 30 s backoff
         assert int(redis_client.hget(keys.COUNTERS, "webhook_sink_up") or 0) == 1
     attempts = len(receiver.deliveries) - len(receiver.accepted())
-    assert attempts < 5 + 15  # the 5 that failed in a row, then probes only (about one a second)
+    assert attempts < SINK_DOWN_AFTER + 15  # the failures in a row, then probes only (about one a second)
     assert receiver.overlaps == []
 
 
