@@ -51,6 +51,7 @@ class Result:
     p50_ms: float | None
     p99_ms: float | None
     max_ms: float | None
+    outage_s: float  # measured: from stopping the receiver until it answers again
 
 
 def _percentile(values: list[float], share: float) -> float | None:
@@ -92,9 +93,11 @@ def run(
                 started = time.monotonic()
                 driver.start()
                 time.sleep(max(0.0, (duration_s - outage_s) / 2))  # the outage sits mid-run
+                down_at = time.monotonic()
                 receiver.stop()
                 time.sleep(outage_s)  # the receiver is down (connection refused)
                 receiver.start()
+                outage = time.monotonic() - down_at
                 driver.join()
                 traffic_end = max(started + duration_s, time.monotonic())
                 report = reports[0]
@@ -138,6 +141,7 @@ def run(
         p50_ms=_percentile(latencies, 0.50),
         p99_ms=_percentile(latencies, 0.99),
         max_ms=round(max(delivered), 1) if delivered else None,
+        outage_s=round(outage, 2),
     )
 
 
@@ -158,12 +162,12 @@ def main() -> None:
         run(schedule, args.duration, args.outage, args.chats, args.rate, args.settle)
         for schedule in (OLD_SCHEDULE, NEW_SCHEDULE)
     ]
-    print("| schedule | events | p50 ms | p99 ms | max ms | missing events | missing chat.ended |")
-    print("|---|---|---|---|---|---|---|")
+    print("| schedule | events | p50 ms | p99 ms | max ms | missing events | missing chat.ended | outage s |")
+    print("|---|---|---|---|---|---|---|---|")
     for r in results:
         print(
             f"| {r.schedule} | {r.events} | {r.p50_ms} | {r.p99_ms if r.p99_ms is not None else 'inf'} "
-            f"| {r.max_ms} | {r.missing_events} | {r.missing_ended} |"
+            f"| {r.max_ms} | {r.missing_events} | {r.missing_ended} | {r.outage_s} |"
         )
     print(
         "targets (new schedule): nothing missing, p50 <= 100 ms, "
