@@ -18,7 +18,8 @@ from shared.errors import PayloadTooLarge, RelayError, Unauthorized
 from shared.models import Payload, Trigger
 
 _OUTCOME_BODIES = {
-    name: f'{{"status":"{name}"}}'.encode() for name in ("queued", "duplicate", "covered", "ended", "wakeup")
+    name: f'{{"status":"{name}"}}'.encode()
+    for name in ("queued", "duplicate", "covered", "ended", "wakeup", "late")
 }
 _ALLOW = [(b"allow", b"POST")]
 

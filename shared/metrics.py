@@ -31,6 +31,8 @@ _HELP = {
     "refresh_parked": "claims that found no credentials (the chat stays parked)",
     "credentials_required": "chat.credentials_required events emitted (a chat entered the parked set)",
     "webhook_deliveries_created": "webhook deliveries created",
+    "payload_late": "payload events that arrived after their gap was skipped (acknowledged, not delivered)",
+    "payload_gaps_skipped": "payload gaps given up on after PAYLOAD_GAP_WAIT_MS (their events never came)",
 }
 
 

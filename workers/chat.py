@@ -133,39 +133,61 @@ def _refresh(ctx: WorkerContext, claim: Claim, token: str, end_reason: str = "")
 
 
 def _release_staged(ctx: WorkerContext, claim: Claim) -> Outcome:
-    """Events of payload pushes, in index order; a gap holds later ones back for a bounded time."""
+    """Events of payload pushes, in index order. A gap (a missing index with later ones staged) holds
+    the later ones back until PAYLOAD_GAP_WAIT_MS after that gap, named by its first missing index,
+    was first seen; then it is skipped (commit.lua records it, so that its events answer `late`)."""
+    now, wait_ms = now_ms(), ctx.settings.payload_gap_wait_ms
     indexes = sorted(claim.staged)
-    # A chat's first payload push sets where its delivery starts (GMS sends one at a time per node).
-    expected = claim.cursor if claim.cursor > 0 else (indexes[0] if indexes else 1)
-    stale = [i for i in indexes if i < expected]
-    waiting = [i for i in indexes if i >= expected]
+    # Pushes of one session can arrive out of order (a GMS node failover): with no cursor yet, a first
+    # staged index above 1 is a gap like any other (indexes start at 1), only index 1 starts at once.
+    start = claim.cursor if claim.cursor > 0 else min([1, *indexes[:1]])
+    # `gap_since` is when the gap at the cursor was first seen; `gaps` when each later one was.
+    head_since = int(claim.fields.get("gap_since") or 0) or None
+    later = dict(_gap_times(claim.fields.get("gaps", "")))
+    stale = [i for i in indexes if i < start]
+    if stale:
+        # Staged while a commit skipped their gap (their push reached the ingress mid-pass).
+        log.warning(
+            "late payload events (staged after their gap was skipped): counted, not delivered",
+            extra={"session_id": claim.session_id, "indexes": stale},
+        )
     ready: list[int] = []
-    for index in waiting:
-        if index != expected:
-            break
-        ready.append(index)
-        expected += 1
-    held = waiting[len(ready) :]
-    gap_since: int | None = None
-    again_at: int | None = None
-    if held:
-        now = now_ms()
-        gap_since = int(claim.fields.get("gap_since") or now)
-        if now - gap_since >= ctx.settings.payload_gap_wait_ms:
-            ready, held, gap_since = waiting, [], None  # the gap is not coming: skip ahead
-            expected = waiting[-1] + 1
-        else:
-            again_at = gap_since + ctx.settings.payload_gap_wait_ms
+    gaps: dict[int, int] = {}  # first missing index -> first seen, for the gaps still waited for
+    previous = start - 1
+    for index in indexes[len(stale) :]:
+        if index > previous + 1:
+            missing = previous + 1
+            since = (head_since if missing == start else None) or later.get(missing) or now
+            if not gaps and now - since >= wait_ms:
+                log.warning(
+                    "payload gap not filled in time; skipped",
+                    extra={
+                        "session_id": claim.session_id,
+                        "first_missing": missing,
+                        "last_missing": index - 1,
+                    },
+                )
+            else:
+                gaps[missing] = since
+        if not gaps:
+            ready.append(index)
+        previous = index
+    head = min(gaps, default=None)
     events = [_staged_event(index, claim.staged[index]) for index in ready]
-    ended = claim.end == "chatEnded" and not held
+    ended = claim.end == "chatEnded" and not gaps
     return Outcome(
-        cursor=expected,
+        cursor=ready[-1] + 1 if ready else claim.cursor,
         events=[e for e in events if e.type != PUSH_URL],
         end_reason="chatEnded" if ended else "",
         drop_staged=stale + ready,
-        again_at_ms=again_at,
-        gap_since_ms=gap_since,
+        again_at_ms=None if head is None else gaps[head] + wait_ms,
+        gap_since_ms=None if head is None else gaps[head],
     )
+
+
+def _gap_times(text: str) -> list[tuple[int, int]]:
+    """`index:ms,index:ms` as written by commit.lua."""
+    return [(int(a), int(b)) for a, _, b in (item.partition(":") for item in text.split(",") if item)]
 
 
 def _staged_event(index: int, raw: bytes) -> Event:

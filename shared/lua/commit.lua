@@ -5,8 +5,13 @@
 -- end, what is due next) and releases the lease. A crash between chunks loses and repeats nothing.
 -- ARGV: sid, token, now_ms, device, cursor, final ('1' the last chunk, '' another follows), alias,
 --       end_reason, gen, again_at_ms ('' none: done unless a push arrived meanwhile),
---       gap_since_ms ('' no gap), id_base, n_events, then n_events triples (index, type, json),
---       then staged indexes to drop. At most CFG_COMMIT_CHUNK_EVENTS events per call (unpack's limit).
+--       gap_since_ms ('' no gap: when the gap at the cursor was first seen), id_base, n_events, then
+--       n_events triples (index, type, json), then staged indexes to drop. At most
+--       CFG_COMMIT_CHUNK_EVENTS events per call (unpack's limit).
+-- Payload chats also keep, in their session hash: `skipped`, the index ranges the cursor passed
+-- without delivering them ("lo-hi,lo-hi": a gap whose wait ended), so that an event of theirs that
+-- comes later is answered `late` (ingest.lua), not `duplicate`; and `gaps`, when each gap above the
+-- one at the cursor was first seen ("index:ms,...": each gap waits from then, workers/chat.py).
 local sid, token, now, device = ARGV[1], ARGV[2], int(ARGV[3]), ARGV[4]
 local cursor, final, alias, reason, gen = int(ARGV[5]), ARGV[6] == '1', ARGV[7], ARGV[8], ARGV[9]
 local again_at, gap_since, id_base, n = ARGV[10], ARGV[11], ARGV[12], int(ARGV[13])
@@ -28,6 +33,41 @@ if redis.call('GET', lease) ~= token then
 end
 
 local skey, ckey, staged = P .. 'session:' .. sid, P .. 'creds:' .. sid, P .. 'staged:' .. sid
+local payload = redis.call('HMGET', skey, 'mode', 'cursor', 'skipped', 'gaps')
+local book = {}  -- payload bookkeeping fields to write with the cursor
+if payload[1] == 'payload' then
+  local from, done = tonumber(payload[2] or '0'), {}
+  local late = 0
+  for i = first, first + 3 * n - 1, 3 do done[#done + 1] = tonumber(ARGV[i]) end
+  for i = first + 3 * n, #ARGV do
+    local index = tonumber(ARGV[i])
+    if index < from then late = late + 1 end  -- staged after a commit had skipped its gap
+    done[#done + 1] = index
+  end
+  if late > 0 then count('payload_late', late) end
+  table.sort(done)
+  local ranges, nxt = {}, math.max(from, 1)
+  for _, index in ipairs(done) do
+    if index >= cursor then break end
+    if index > nxt then ranges[#ranges + 1] = {nxt, index - 1} end
+    if index >= nxt then nxt = index + 1 end
+  end
+  if cursor > nxt then ranges[#ranges + 1] = {nxt, cursor - 1} end
+  if #ranges > 0 then
+    count('payload_gaps_skipped', #ranges)
+    local all = {}
+    for lo, hi in string.gmatch(payload[3] or '', '(%d+)-(%d+)') do all[#all + 1] = {tonumber(lo), tonumber(hi)} end
+    for _, range in ipairs(ranges) do all[#all + 1] = range end
+    -- Bounded: past 32 ranges the two oldest merge, which can only turn a duplicate into `late`.
+    while #all > 32 do
+      all[2][1] = all[1][1]
+      table.remove(all, 1)
+    end
+    local out = {}
+    for i, range in ipairs(all) do out[i] = range[1] .. '-' .. range[2] end
+    book[#book + 1] = 'skipped'; book[#book + 1] = table.concat(out, ',')
+  end
+end
 local items = {}
 for i = first, first + 3 * n - 1, 3 do
   stream_add(device, 'type', ARGV[i + 1], 'sessionId', sid, 'index', ARGV[i], 'data', ARGV[i + 2])
@@ -37,7 +77,7 @@ if n > 0 then count('events_delivered', n) end
 for i = first + 3 * n, #ARGV do redis.call('HDEL', staged, ARGV[i]) end
 
 if not final then
-  redis.call('HSET', skey, 'cursor', cursor)
+  redis.call('HSET', skey, 'cursor', cursor, unpack(book))
   redis.call('PEXPIRE', skey, CFG_STATE_TTL_MS)
   redis.call('PEXPIRE', lease, CFG_LEASE_TTL_MS)
   redis.call('ZADD', DIRTY, 'XX', now + CFG_LEASE_TTL_MS, sid)
@@ -59,11 +99,30 @@ else
   local state = redis.call('HMGET', skey, 'alias_key', 'aliases')
   take_alias(fields, state[1], alias, 2 * cursor + 1)
   if alias ~= '' then fields[#fields + 1] = 'aliases'; fields[#fields + 1] = remember(state[2], alias) end
+  for _, value in ipairs(book) do fields[#fields + 1] = value end
   if gap_since ~= '' then
     fields[#fields + 1] = 'gap_since'; fields[#fields + 1] = gap_since
+    -- The gaps above the one at the cursor, each with when it was first seen (now, if it is new).
+    local seen, later, last = {}, {}, nil
+    for index, at in string.gmatch(payload[4] or '', '(%d+):(%d+)') do seen[tonumber(index)] = at end
+    local held = redis.call('HKEYS', staged)
+    for i, index in ipairs(held) do held[i] = tonumber(index) end
+    table.sort(held)
+    for _, index in ipairs(held) do
+      -- (One below the cursor was staged while this commit skipped its gap: the next claim drops it.)
+      if index >= cursor then
+        if last and index > last + 1 then later[#later + 1] = (last + 1) .. ':' .. (seen[last + 1] or now) end
+        last = index
+      end
+    end
+    if #later > 0 then
+      fields[#fields + 1] = 'gaps'; fields[#fields + 1] = table.concat(later, ',')
+    else
+      redis.call('HDEL', skey, 'gaps')
+    end
     redis.call('HDEL', skey, 'refused')
   else
-    redis.call('HDEL', skey, 'gap_since', 'refused')  -- GMS answered: no alias is in doubt now
+    redis.call('HDEL', skey, 'gap_since', 'gaps', 'refused')  -- GMS answered: no alias is in doubt now
   end
   redis.call('HSET', skey, unpack(fields))
   redis.call('PEXPIRE', skey, CFG_STATE_TTL_MS)
