@@ -37,8 +37,8 @@ PARKED = f"{PREFIX}:parked"
 
 
 def session(session_id: str) -> str:
-    """Hash of a chat's state: deviceId, service, cursor, alias, alias_key, gen, end, retries, mode,
-    gap_since. TTL CHAT_STATE_TTL_S, renewed by every push and commit."""
+    """Hash of a chat's state: deviceId, service, cursor, alias, alias_key, aliases, refused, gen, end,
+    retries, mode, gap_since, gaps, skipped. TTL CHAT_STATE_TTL_S, renewed by every push and commit."""
     return f"{PREFIX}:session:{session_id}"
 
 
