@@ -41,8 +41,10 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
     webhook_timeout_ms: int = 5000
     webhook_batch_max: int = 50
     # A fast first tier (chat platforms retry within seconds), then a long tail over ~2 h (gateways).
+    # The tier ramps slowly: a chat's deliveries are ordered, so every step a failing delivery waits
+    # holds its whole chat back; a sink that is down is handled by the probe, not by this schedule.
     webhook_retry_schedule_s: tuple[float, ...] = (
-        0.25, 0.5, 1, 2, 4, 8, 15, 30, 60, 300, 900, 1800, 3600,
+        0.1, 0.25, 0.5, 1, 1, 2, 2, 4, 8, 15, 30, 60, 300, 900, 1800, 3600,
     )  # fmt: skip
     # Payload mode: how long a gap in transcript indexes may hold later events back.
     payload_gap_wait_ms: int = 2000

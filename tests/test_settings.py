@@ -47,7 +47,7 @@ def test_retired_variables_are_refused_with_a_pointer(var: str) -> None:
 
 
 def test_webhook_retry_schedule_accepts_fractional_seconds() -> None:
-    assert load_settings({}).webhook_retry_schedule_s[:3] == (0.25, 0.5, 1)  # a fast first tier
+    assert load_settings({}).webhook_retry_schedule_s[:3] == (0.1, 0.25, 0.5)  # a fast first tier
     assert load_settings({"WEBHOOK_RETRY_SCHEDULE_S": "0.25, 1,2.5"}).webhook_retry_schedule_s == (
         0.25,
         1,
