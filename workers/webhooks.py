@@ -270,8 +270,7 @@ def deliver_requeued(ctx: WorkerContext, sink: int, session_id: str, delivery_id
     inflight = ctx.redis.get(keys.inflight(sink, session_id))
     if not isinstance(body, bytes) or inflight != delivery_id.encode():
         return "stale"  # delivered or skipped meanwhile
-    key = decode_secret(ctx.settings.webhook_secret) if ctx.settings.webhook_secret else None
-    failure = send(ctx, key, Delivery(delivery_id, sink, session_id, body, 0))
+    failure = send(ctx, ctx.webhooks.key, Delivery(delivery_id, sink, session_id, body, 0))
     if failure is not None:
         raise DeliveryFailed(failure.reason)
     if finish(ctx, delivery_id):

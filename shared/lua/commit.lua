@@ -33,7 +33,8 @@ if redis.call('GET', lease) ~= token then
 end
 
 local skey, ckey, staged = P .. 'session:' .. sid, P .. 'creds:' .. sid, P .. 'staged:' .. sid
-local payload = redis.call('HMGET', skey, 'mode', 'cursor', 'skipped', 'gaps')
+-- One read for everything below: the payload bookkeeping, then the alias ordering.
+local payload = redis.call('HMGET', skey, 'mode', 'cursor', 'skipped', 'gaps', 'alias_key', 'aliases')
 local book = {}  -- payload bookkeeping fields to write with the cursor
 if payload[1] == 'payload' then
   local from, done = tonumber(payload[2] or '0'), {}
@@ -96,9 +97,8 @@ if reason ~= '' then
   count('sessions_ended_' .. reason)
 else
   local fields = {'cursor', cursor, 'retries', '0'}
-  local state = redis.call('HMGET', skey, 'alias_key', 'aliases')
-  take_alias(fields, state[1], alias, 2 * cursor + 1)
-  if alias ~= '' then fields[#fields + 1] = 'aliases'; fields[#fields + 1] = remember(state[2], alias) end
+  take_alias(fields, payload[5], alias, 2 * cursor + 1)
+  if alias ~= '' then fields[#fields + 1] = 'aliases'; fields[#fields + 1] = remember(payload[6], alias) end
   for _, value in ipairs(book) do fields[#fields + 1] = value end
   if gap_since ~= '' then
     fields[#fields + 1] = 'gap_since'; fields[#fields + 1] = gap_since
