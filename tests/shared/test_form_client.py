@@ -1,163 +1,24 @@
-"""The Refresh client over real loopback sockets: the simulator's Chat API, and raw servers that
-misbehave the ways a real network does (stale keep-alive, silence, dripped replies, huge replies,
-cookies)."""
+"""The keep-alive form poster (shared/form_client.py) against misbehaving loopback servers; its deadline."""
 
 from __future__ import annotations
 
 import contextlib
 import http.client
-import json
 import shutil
 import socket
 import ssl
 import subprocess
 import threading
 import time
-from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Protocol
 
-import httpx
 import pytest
 
 from shared import form_client
 from shared.form_client import FormClient, ReplyTooLarge
-from shared.gms import ChatApi, Credentials, RefreshResult, RefreshVerdict
-from simulator.scenario import open_chat
-from simulator.server import ChatServer
-from simulator.transcript import EventSpec
+from shared.gms import ChatApi, RefreshResult, RefreshVerdict
 from tests.processes import wait_for
-
-SERVICE = "customer-support"
-OK_BODY = b'{"statusCode":0,"chatEnded":false,"messages":[],"nextPosition":1}'
-
-# Request number on this connection -> the raw reply; a list is sent in parts, 0.1 s apart (as separate
-# TCP segments); None = hang up (also as a part of a list).
-Reply = Callable[[int], bytes | list[bytes | None] | None]
-
-
-def reply(status: int = 200, body: bytes = OK_BODY, extra: str = "") -> bytes:
-    head = (
-        f"HTTP/1.1 {status} X\r\nContent-Type: application/json\r\nContent-Length: {len(body)}\r\n{extra}\r\n"
-    )
-    return head.encode() + body
-
-
-class ServerFactory(Protocol):
-    def __call__(self, answer: Reply, tls: ssl.SSLContext | None = None) -> RawServer: ...
-
-
-class RawServer:
-    """A loopback HTTP server written on sockets, so each test decides exactly what the wire carries."""
-
-    def __init__(self, answer: Reply, tls: ssl.SSLContext | None = None) -> None:
-        self.answer = answer
-        self.tls = tls
-        self.requests: list[bytes] = []
-        self.connections = 0
-        self.parts_sent = 0
-        self.sock = socket.create_server(("127.0.0.1", 0))
-        scheme = "https" if tls else "http"
-        self.url = f"{scheme}://127.0.0.1:{self.sock.getsockname()[1]}"
-        self._stop = threading.Event()
-        self._threads = [threading.Thread(target=self._accept, daemon=True)]
-        self._threads[0].start()
-
-    def _accept(self) -> None:
-        while not self._stop.is_set():
-            try:
-                conn, _ = self.sock.accept()
-            except OSError:
-                return
-            self.connections += 1
-            thread = threading.Thread(target=self._serve, args=(conn,), daemon=True)
-            self._threads.append(thread)
-            thread.start()
-
-    def _serve(self, conn: socket.socket) -> None:
-        with contextlib.suppress(OSError):  # the client may hang up (or reset) at any point
-            self._converse(conn)
-
-    def _converse(self, conn: socket.socket) -> None:
-        if self.tls is not None:
-            try:
-                conn = self.tls.wrap_socket(conn, server_side=True)
-            except (ssl.SSLError, OSError):
-                conn.close()
-                return  # the client refused our certificate
-        with conn:
-            buffer, served = b"", 0
-            while not self._stop.is_set():
-                while b"\r\n\r\n" not in buffer:
-                    chunk = conn.recv(65536)
-                    if not chunk:
-                        return
-                    buffer += chunk
-                head, _, rest = buffer.partition(b"\r\n\r\n")
-                length = next(
-                    int(line.split(b":", 1)[1])
-                    for line in head.split(b"\r\n")
-                    if line.lower().startswith(b"content-length:")
-                )
-                while len(rest) < length:
-                    rest += conn.recv(65536)
-                self.requests.append(head + b"\r\n\r\n" + rest[:length])
-                buffer = rest[length:]
-                answer = self.answer(served)
-                served += 1
-                if answer is None:
-                    return  # hang up without a word
-                if isinstance(answer, list):
-                    for i, part in enumerate(answer):
-                        if i:
-                            self._stop.wait(0.1)
-                        if part is None:
-                            return
-                        conn.sendall(part)
-                        self.parts_sent += 1
-                elif answer:
-                    conn.sendall(answer)
-                else:
-                    self._stop.wait(30)  # say nothing at all
-
-    def close(self) -> None:
-        self._stop.set()
-        self.sock.close()
-
-
-@pytest.fixture
-def raw_server() -> Iterator[ServerFactory]:
-    servers: list[RawServer] = []
-
-    def start(answer: Reply, tls: ssl.SSLContext | None = None) -> RawServer:
-        servers.append(RawServer(answer, tls))
-        return servers[-1]
-
-    yield start
-    for server in servers:
-        server.close()
-
-
-CREDS = Credentials(user_id="u1", secure_key="k1", alias="117")
-
-
-def test_refresh_reads_the_transcript_from_the_simulator(chat_server: ChatServer) -> None:
-    with httpx.Client(timeout=5) as client:
-        body = open_chat(client, chat_server.base_url, service=SERVICE, mode="reliable", device_id="d1")
-    chat = chat_server.store.get(str(body["chatId"]))
-    assert chat is not None
-    chat_server.store.append(chat.chat_id, [EventSpec("Message", "agent", "hello")])
-    creds = Credentials(user_id=chat.user_id, secure_key=chat.secure_key, alias=chat.alias)
-    with contextlib.closing(ChatApi(chat_server.base_url, timeout_s=5)) as api:
-        first = api.refresh(SERVICE, chat.chat_id, creds, 1)
-        again = api.refresh(SERVICE, chat.chat_id, creds, 1)
-        wrong_key = api.refresh(SERVICE, chat.chat_id, Credentials(chat.user_id, "nope", chat.alias), 1)
-    assert first.verdict is RefreshVerdict.OK and first.response is not None
-    texts = [json.loads(bytes(m)).get("text") for m in first.response.messages]
-    assert "hello" in texts
-    assert again.response is not None
-    assert [bytes(m) for m in again.response.messages] == [bytes(m) for m in first.response.messages]
-    assert wrong_key.verdict is RefreshVerdict.FATAL
+from tests.shared.raw_http import CREDS, OK_BODY, SERVICE, RawServer, ServerFactory, reply
 
 
 def test_a_connection_the_server_closed_meanwhile_is_reopened(
@@ -169,43 +30,6 @@ def test_a_connection_the_server_closed_meanwhile_is_reopened(
         verdicts = [api.refresh(SERVICE, "s1", CREDS, 1).verdict for _ in range(3)]
     assert verdicts == [RefreshVerdict.OK] * 3
     assert server.connections >= 3
-
-
-def test_keep_alive_reuses_one_connection(raw_server: ServerFactory) -> None:
-    server = raw_server(lambda n: reply())
-    with contextlib.closing(ChatApi(server.url, timeout_s=5)) as api:
-        results = [api.refresh(SERVICE, "s/1", CREDS, n) for n in range(5)]
-    assert {r.verdict for r in results} == {RefreshVerdict.OK}
-    assert server.connections == 1
-    first = server.requests[0]
-    assert first.startswith(b"POST /genesys/2/chat/customer-support/s%2F1/refresh HTTP/1.1\r\n")
-    assert first.endswith(b"userId=u1&secureKey=k1&alias=117&transcriptPosition=0")
-
-
-def test_silence_is_a_timeout_to_retry(raw_server: ServerFactory) -> None:
-    server = raw_server(lambda n: b"")
-    with contextlib.closing(ChatApi(server.url, timeout_s=0.2)) as api:
-        result = api.refresh(SERVICE, "s1", CREDS, 1)
-    assert (result.verdict, result.reason) == (RefreshVerdict.RETRY, "timeout")
-
-
-@pytest.mark.parametrize(
-    ("answer", "verdict", "reason"),
-    [
-        (reply(500, b"oops"), RefreshVerdict.RETRY, "http_500"),
-        (reply(400, b"{}"), RefreshVerdict.FATAL, "http_400"),
-        (reply(200, b"<html>"), RefreshVerdict.RETRY, "bad_response"),
-        (reply(200, b'{"statusCode":1,"errors":[]}'), RefreshVerdict.RETRY, "status_1"),
-        (b"HTTP/1.1 banana\r\n\r\n", RefreshVerdict.RETRY, "BadStatusLine"),
-    ],
-)
-def test_bad_replies_map_to_retry_or_fatal(
-    raw_server: ServerFactory, answer: bytes, verdict: RefreshVerdict, reason: str
-) -> None:
-    server = raw_server(lambda n: answer)
-    with contextlib.closing(ChatApi(server.url, timeout_s=5)) as api:
-        result = api.refresh(SERVICE, "s1", CREDS, 1)
-    assert (result.verdict, result.reason) == (verdict, reason)
 
 
 def test_replies_are_bounded(raw_server: ServerFactory) -> None:
