@@ -1,5 +1,8 @@
 """The whole Redis layout of the relay, in one place, so an operator can read it at a glance.
 
+The Lua scripts get their key names from here too: shared/lua_prelude.py renders every constant and key
+function below into the prelude of each script (`keys.session(sid)` in Lua as in Python).
+
 Per-chat keys carry the session id in braces-free form; every key either has a TTL or is
 removed when its chat ends. Two lifetimes: a chat's credentials live SESSION_IDLE_TTL_S without
 activity (they are secrets), everything else about the chat CHAT_STATE_TTL_S (the cursor must outlive
@@ -21,12 +24,9 @@ WEBHOOK_JOB = "workers.jobs.deliver_webhook"
 # Sorted set of chats that need work: member = session id, score = earliest ms at which a worker
 # may take it (the arrival time of the oldest unserved trigger, or the end of a retry backoff).
 DIRTY = f"{PREFIX}:dirty"
-# Marker set while a drain job sits in the queue, so a burst of pushes enqueues one job. Its TTL bounds
-# how long a lost drain job (a crash between dequeue and start) can hold new ones back.
+# Marker set while a drain job sits in the queue, so a burst of pushes enqueues one job. TTL
+# DRAIN_MARKER_TTL_MS: it bounds how long a lost drain job can hold new ones back.
 DRAIN_QUEUED = f"{PREFIX}:drain-queued"
-DRAIN_MARKER_TTL_MS = 1000
-# Webhook outboxes, deliveries and in-flight markers outlive the longest retry schedule.
-WEBHOOK_KEYS_TTL_MS = 8 * 24 * 3600 * 1000
 # List of wake-ups for devices without a known chat, waiting to be emitted.
 WAKEUPS = f"{PREFIX}:wakeups"
 # Hash of counters shared by every process (see shared/metrics.py).
@@ -74,7 +74,8 @@ def stream(device_id: str) -> str:
 
 
 def outbox(sink: int, session_id: str) -> str:
-    """List: events waiting for webhook sink `sink` for one chat, in index order."""
+    """List: events waiting for webhook sink `sink` for one chat, in index order. TTL
+    WEBHOOK_KEYS_TTL_S, as every webhook key."""
     return f"{PREFIX}:outbox:{sink}:{session_id}"
 
 
@@ -91,7 +92,7 @@ def delivery(delivery_id: str) -> str:
 # Sorted set of webhook deliveries by due time (ms); a taken delivery's score is its lease end, and a
 # delivery waiting on a sink that is down or disabled scores SINK_PARKED + sink.
 DELIVERIES = f"{PREFIX}:deliveries"
-SINK_PARKED = 10**13  # as in shared/lua/fanout.lua
+SINK_PARKED = 10**13  # 1e13 ms (year 2286): beyond any due time, exact in Lua's number format
 
 
 def sink(index: int) -> str:
@@ -100,7 +101,20 @@ def sink(index: int) -> str:
 
 
 def rq_queue(name: str) -> str:
+    """RQ's list of a queue's job ids (RQ's own layout: the relay writes jobs as RQ does)."""
     return f"rq:queue:{name}"
 
 
+def rq_job(job_id: str) -> str:
+    """RQ's hash of one job."""
+    return f"rq:job:{job_id}"
+
+
 RQ_QUEUES = "rq:queues"
+
+# What the Lua prelude renders: these constants, and these functions (each argument spliced in).
+LUA_CONSTANTS = ("DIRTY", "DRAIN_QUEUED", "WAKEUPS", "COUNTERS", "PARKED", "DELIVERIES", "RQ_QUEUES")
+LUA_FUNCTIONS = (
+    "session", "credentials", "device", "lease", "staged", "ended", "stream", "outbox", "inflight",
+    "delivery", "sink", "rq_queue", "rq_job",
+)  # fmt: skip

@@ -1,4 +1,9 @@
-"""Settings read once from the environment at start-up, never at import time."""
+"""Settings read once from the environment at start-up, never at import time.
+
+Every field is set by the environment variable of its name in upper case (`lease_ttl_ms` by
+`LEASE_TTL_MS`); the README's configuration tables list them. Tunables that operators rarely touch live
+here too, with their defaults, so that no module hides a number of its own.
+"""
 
 from __future__ import annotations
 
@@ -7,6 +12,8 @@ from collections.abc import Mapping
 import msgspec
 
 from shared.errors import ConfigError
+
+DAY_S = 24 * 3600
 
 
 class Settings(msgspec.Struct, frozen=True, kw_only=True):
@@ -25,18 +32,28 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
     # How long the rest of a chat's state lives without activity: cursor, alias, device mapping and the
     # ended marker. It must outlive the longest quiet period of a chat, or a late trigger would refresh
     # from position 1 and deliver the transcript again (design invariant 8).
-    chat_state_ttl_s: int = 8 * 24 * 3600
+    chat_state_ttl_s: int = 8 * DAY_S
     # Single-flight lease on a chat: short against Chat Server's resend delay (>= 1 s), and longer than
     # the work it covers (checked at start-up against the Refresh deadline).
     lease_ttl_ms: int = 1000
     # Deadline of one whole Refresh call (connect, send, one resend on a stale connection, reply).
     refresh_timeout_ms: int = 400
-    # Bounded in-worker retries of a failing Refresh (statusCode 1, HTTP 5xx, timeouts).
+    # Bounded in-worker retries of a failing Refresh (statusCode 1, HTTP 5xx, timeouts): exponential
+    # from the base up to the cap, then a slow steady pace while GMS stays down (never given up).
     refresh_retry_max: int = 6
     refresh_retry_base_ms: int = 50
+    refresh_retry_cap_ms: int = 2000
+    refresh_slow_retry_ms: int = 15000
+    # A multi-Chat-Server GMS refuses a stale alias with the same answer (HTTP 400 / statusCode 2) that
+    # reports an ended chat. So a refusal only suspects the end: the chat is tried again at once with an
+    # alias GMS has not refused yet, else after this long (the trigger that carries the new alias is
+    # usually milliseconds behind) or as soon as the next push arrives; after an attempt that failed on
+    # our side it waits REFRESH_SLOW_RETRY_MS instead (that Refresh may have reached GMS and changed the
+    # alias in the answer we lost; only the chat's next trigger can tell).
+    refused_alias_wait_ms: int = 250
     stream_maxlen: int = 10000
     # A device's stream expires this long after its last write.
-    stream_ttl_s: int = 7 * 24 * 3600
+    stream_ttl_s: int = 7 * DAY_S
     # Webhook fan-out.
     webhook_timeout_ms: int = 5000
     webhook_batch_max: int = 50
@@ -46,33 +63,51 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
     webhook_retry_schedule_s: tuple[float, ...] = (
         0.1, 0.25, 0.5, 1, 1, 2, 2, 4, 8, 15, 30, 60, 300, 900, 1800, 3600,
     )  # fmt: skip
+    # Deliveries in flight per sink per worker process.
+    webhook_concurrency: int = 8
+    # A sink that fails this many deliveries in a row is down: its deliveries wait, and one of them is
+    # sent as a probe every WEBHOOK_SINK_PROBE_MS; the first success sends all of them at once.
+    webhook_sink_down_after: int = 10
+    webhook_sink_probe_ms: int = 1000
+    # The longest `Retry-After` honoured (the schedule's own delay applies if it is longer).
+    webhook_retry_after_max_s: int = 3600
+    # A receiver's reply body is not used; anything bigger than this is not a webhook acknowledgement.
+    webhook_reply_max_bytes: int = 64 * 1024
+    # How long a dead-lettered delivery stays in RQ's failed registry.
+    dead_letter_ttl_s: int = 7 * DAY_S
+    # Outboxes, deliveries, in-flight markers and sink health outlive the longest retry schedule.
+    webhook_keys_ttl_s: int = 8 * DAY_S
     # Payload mode: how long a gap in transcript indexes may hold later events back.
     payload_gap_wait_ms: int = 2000
+    # Chats claimed (and refreshed concurrently: Refresh is I/O bound) per claim by one worker process.
+    claim_batch: int = 16
+    # A commit call carries at most this many events (Lua's `unpack` fails at a few thousand items,
+    # after earlier writes of the script have landed, and one huge call would stall Redis for
+    # everybody) and about this many bytes of event JSON; a bigger outcome is committed in chunks.
+    commit_chunk_events: int = 500
+    commit_chunk_bytes: int = 1 << 20
+    # A drain job hands its worker back to RQ after this long (then kicks a successor if work remains);
+    # with nothing due it keeps looking DRAIN_LINGER_MS, every DRAIN_POLL_MS, before it ends.
+    drain_budget_ms: int = 2000
+    drain_linger_ms: int = 150
+    drain_poll_ms: int = 5
+    # RQ's timeout of a drain job, and how long a failed one stays in RQ's failed registry.
+    drain_job_timeout_s: int = 60
+    drain_failure_ttl_s: int = DAY_S
+    # The marker set while a drain job waits in the queue: its TTL bounds how long a lost drain job (a
+    # crash between dequeue and start) can hold new ones back.
+    drain_marker_ttl_ms: int = 1000
+    # Each worker process looks this often for work falling due with no push to announce it (retries,
+    # gap waits, webhook retries, expired leases) and flushes its metrics every METRICS_FLUSH_MS.
+    watch_interval_ms: int = 100
+    metrics_flush_ms: int = 1000
+    # A worker waiting for Redis to come back retries with a backoff up to this.
+    redis_retry_cap_ms: int = 5000
 
 
-_INT_VARS = {
-    "PUSH_MAX_BYTES": "push_max_bytes",
-    "SESSION_IDLE_TTL_S": "session_idle_ttl_s",
-    "CHAT_STATE_TTL_S": "chat_state_ttl_s",
-    "LEASE_TTL_MS": "lease_ttl_ms",
-    "REFRESH_TIMEOUT_MS": "refresh_timeout_ms",
-    "REFRESH_RETRY_MAX": "refresh_retry_max",
-    "REFRESH_RETRY_BASE_MS": "refresh_retry_base_ms",
-    "STREAM_MAXLEN": "stream_maxlen",
-    "STREAM_TTL_S": "stream_ttl_s",
-    "WEBHOOK_TIMEOUT_MS": "webhook_timeout_ms",
-    "WEBHOOK_BATCH_MAX": "webhook_batch_max",
-    "PAYLOAD_GAP_WAIT_MS": "payload_gap_wait_ms",
-}
-_STR_VARS = {
-    "REDIS_URL": "redis_url",
-    "GMS_URL": "gms_url",
-    "GMS_CHAT_SERVICE": "gms_chat_service",
-    "PUSH_TOKEN": "push_token",
-    "API_TOKEN": "api_token",
-    "WEBHOOK_SECRET": "webhook_secret",
-    "LOG_LEVEL": "log_level",
-}
+# Fields whose variable is not simply the upper-cased name, or whose value is not a positive integer.
+_STR_FIELDS = ("redis_url", "gms_url", "gms_chat_service", "push_token", "api_token", "webhook_secret")
+_INT_FIELDS = tuple(name for name, kind in Settings.__annotations__.items() if kind == "int")
 _LOG_LEVELS = {"DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"}
 # Variables of earlier versions: refused with a pointer, so an upgrade never silently ignores them.
 _RETIRED_VARS = {
@@ -82,6 +117,8 @@ _RETIRED_VARS = {
 # A lease must cover a whole Refresh twice over (the call, then claim and commit overheads and a
 # chunked commit) plus this margin, so that no two workers ever refresh one chat at once.
 LEASE_MARGIN_MS = 200
+# Lua's `unpack` fails at a few thousand items: a commit chunk stays well below.
+COMMIT_CHUNK_EVENTS_MAX = 1000
 
 
 def _parse_int(name: str, raw: str) -> int:
@@ -111,14 +148,14 @@ def load_settings(environ: Mapping[str, str]) -> Settings:
     for var, why in _RETIRED_VARS.items():
         if environ.get(var, "").strip():
             raise ConfigError(f"{var} is no longer used ({why}); remove it")
-    for var, field in _STR_VARS.items():
-        raw = environ.get(var, "").strip()
+    for field in (*_STR_FIELDS, "log_level"):
+        raw = environ.get(field.upper(), "").strip()
         if raw:
             values[field] = raw
-    for var, field in _INT_VARS.items():
-        raw = environ.get(var, "").strip()
+    for field in _INT_FIELDS:
+        raw = environ.get(field.upper(), "").strip()
         if raw:
-            values[field] = _parse_int(var, raw)
+            values[field] = _parse_int(field.upper(), raw)
     urls = tuple(u.strip() for u in environ.get("WEBHOOK_URL", "").split(",") if u.strip())
     for url in urls:
         if not url.startswith(("http://", "https://")):
@@ -161,4 +198,19 @@ def _check_relations(settings: Settings) -> None:
             f"LEASE_TTL_MS ({settings.lease_ttl_ms}) must be at least twice REFRESH_TIMEOUT_MS "
             f"({settings.refresh_timeout_ms}) plus {LEASE_MARGIN_MS} ms, i.e. >= {floor}: a lease "
             "shorter than the work it covers lets two workers refresh one chat at once"
+        )
+    if settings.commit_chunk_events > COMMIT_CHUNK_EVENTS_MAX:
+        raise ConfigError(
+            f"COMMIT_CHUNK_EVENTS ({settings.commit_chunk_events}) must not exceed "
+            f"{COMMIT_CHUNK_EVENTS_MAX}: Lua's unpack fails mid-script on a few thousand items"
+        )
+    if settings.drain_budget_ms >= settings.drain_job_timeout_s * 1000:
+        raise ConfigError(
+            f"DRAIN_BUDGET_MS ({settings.drain_budget_ms}) must be below DRAIN_JOB_TIMEOUT_S "
+            f"({settings.drain_job_timeout_s}) in ms: RQ would kill a drain that is still working"
+        )
+    if settings.webhook_keys_ttl_s < sum(settings.webhook_retry_schedule_s) * 1.2 + 60:
+        raise ConfigError(
+            f"WEBHOOK_KEYS_TTL_S ({settings.webhook_keys_ttl_s}) must outlive the whole "
+            "WEBHOOK_RETRY_SCHEDULE_S (with its 20% jitter): a delivery would expire while retried"
         )

@@ -22,11 +22,10 @@ from typing import Any
 import pytest
 import redis
 
+from gms_relay.cli import build_parser
 from ingress.server import GRACEFUL_SHUTDOWN_S
 from shared import keys
-from shared.cli import build_parser
 from shared.redis_server import RedisServer
-from shared.scripts import DRAIN_TIMEOUT_S
 from shared.settings import Settings
 from simulator.cli import _parser as simulator_parser
 
@@ -142,7 +141,7 @@ def test_workers_scale_with_compose(services: dict[str, dict[str, Any]]) -> None
 
 
 def test_stop_grace_periods_outlast_the_longest_work(services: dict[str, dict[str, Any]]) -> None:
-    longest_job_s = max(DRAIN_TIMEOUT_S, Settings().webhook_timeout_ms // 1000 + 10)
+    longest_job_s = max(Settings().drain_job_timeout_s, Settings().webhook_timeout_ms // 1000 + 10)
     assert duration_s(services["worker"]["stop_grace_period"]) > longest_job_s >= 60
     assert duration_s(services["ingress"]["stop_grace_period"]) > GRACEFUL_SHUTDOWN_S
 

@@ -45,8 +45,6 @@ def requeue_failed(settings: Settings, job_ids: list[str], all_jobs: bool) -> in
 
 def skip_failed(settings: Settings, job_ids: list[str]) -> int:
     """Give up on dead-lettered deliveries: drop each and start the next delivery of its chat."""
-    from workers.webhooks import finish
-
     context = WorkerContext.build(settings)
     registry = _registries(context.redis)[keys.QUEUES.index(keys.WEBHOOK_QUEUE)]
     missing = []
@@ -56,7 +54,7 @@ def skip_failed(settings: Settings, job_ids: list[str]) -> int:
             continue
         job = Job.fetch(job_id, connection=context.redis, serializer=JSONSerializer)
         _sink, _session_id, delivery_id = job.args
-        finish(context, str(delivery_id))
+        context.webhooks.finish(str(delivery_id))
         registry.remove(job, delete_job=True)
         print(f"skipped {job_id}")
     if missing:

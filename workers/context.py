@@ -1,67 +1,58 @@
 """Per-process state of a worker: settings, pooled Redis and HTTP clients, scripts, metrics.
 
 Built once per process on first use, so `rq worker` (which imports jobs by dotted path) and
-`gms-relay worker` share the same code path.
+`gms-relay worker` share the same code path. It builds each long-lived component from the few objects
+that component uses; none of them gets the context back.
 """
 
 from __future__ import annotations
 
-import itertools
 import os
-import secrets
 import threading
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass, field
-from typing import Any
+from dataclasses import dataclass
 
 import redis
 
 from shared.errors import ConfigError
 from shared.gms import ChatApi
+from shared.ids import IdSource
 from shared.metrics import Histograms
-from shared.scripts import ScriptSources
+from shared.scripts import Scripts, ScriptSources
 from shared.settings import Settings, load_settings
+from workers.refresh import Refresher
+from workers.transitions import Transitions
 from workers.watcher import Watcher
+from workers.webhook_send import Sinks
 from workers.webhooks import WebhookDispatcher
-
-# Chats refreshed concurrently by one worker process (Refresh is I/O bound).
-CLAIM_BATCH = 16
 
 
 @dataclass
 class WorkerContext:
     settings: Settings
     redis: redis.Redis
-    scripts: dict[str, Any]
+    scripts: Scripts
+    ids: IdSource
+    histograms: Histograms
     gms: ChatApi
     pool: ThreadPoolExecutor
-    histograms: Histograms = field(default_factory=Histograms)
-    webhooks: WebhookDispatcher = field(init=False)
-    watcher: Watcher | None = None
-    _ids: itertools.count[int] = field(default_factory=itertools.count)
-    _prefix: str = field(default_factory=lambda: secrets.token_hex(16))
-
-    def job_id(self, kind: str) -> str:
-        """Job ids unique across processes without a round trip: 128 random bits per process (not the
-        pid: in containers every process is pid 1) and a counter. A collision would hand one chat's
-        webhook body to another's delivery id."""
-        return f"{kind}-{self._prefix}-{next(self._ids)}"
+    refresher: Refresher
+    transitions: Transitions
+    webhooks: WebhookDispatcher
+    watcher: Watcher
 
     def start_watcher(self) -> None:
-        if self.watcher is None:
-            self.watcher = Watcher(self)
+        if not self.watcher.is_alive():
             self.watcher.start()
 
     def close(self) -> None:
-        if self.watcher is not None:
+        if self.watcher.is_alive():
             self.watcher.stop()
             self.watcher.join(5)
-        for pool in [self.pool, *self.webhooks.pools]:
-            pool.shutdown(wait=True)
+        self.pool.shutdown(wait=True)
+        self.webhooks.close()  # lets in-flight deliveries finish
         self.histograms.flush(self.redis)
         self.gms.close()
-        for client, _path in self.webhooks.clients:
-            client.close()
         self.redis.close()
 
     @classmethod
@@ -71,15 +62,24 @@ class WorkerContext:
         client = redis.Redis.from_url(
             settings.redis_url, socket_timeout=5, socket_connect_timeout=2, health_check_interval=30
         )
-        context = cls(
+        scripts = ScriptSources.build(settings).register(client)
+        ids = IdSource()
+        histograms = Histograms()
+        gms = ChatApi(settings.gms_url, settings.refresh_timeout_ms / 1000)
+        webhooks = WebhookDispatcher(client, scripts, ids, settings, Sinks(settings, histograms))
+        return cls(
             settings=settings,
             redis=client,
-            scripts=ScriptSources.build(settings).register(client),
-            gms=ChatApi(settings.gms_url, settings.refresh_timeout_ms / 1000),
-            pool=ThreadPoolExecutor(max_workers=CLAIM_BATCH, thread_name_prefix="refresh"),
+            scripts=scripts,
+            ids=ids,
+            histograms=histograms,
+            gms=gms,
+            pool=ThreadPoolExecutor(max_workers=settings.claim_batch, thread_name_prefix="refresh"),
+            refresher=Refresher(gms, settings, histograms),
+            transitions=Transitions(scripts, ids, settings),
+            webhooks=webhooks,
+            watcher=Watcher(client, scripts, ids, webhooks.pump, histograms, settings),
         )
-        context.webhooks = WebhookDispatcher(context)
-        return context
 
 
 _context: WorkerContext | None = None

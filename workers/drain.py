@@ -13,27 +13,23 @@ import os
 import time
 
 from shared import keys
+from shared.clock import now_ms
 from workers.chat import process
 from workers.claims import Claim
-from workers.commit import now_ms
-from workers.context import CLAIM_BATCH, WorkerContext
+from workers.context import WorkerContext
 from workers.watcher import kick_drain
 
 log = logging.getLogger("gms_relay.worker")
-
-# A drain hands its worker back to RQ after this long (then kicks a successor if work remains).
-DRAIN_BUDGET_S = 2.0
-# With nothing due, a drain keeps looking this long before it ends, polling every LINGER_POLL_S.
-DRAIN_LINGER_S = 0.15
-LINGER_POLL_S = 0.005
 
 
 def drain(ctx: WorkerContext) -> int:
     """Process every due chat; returns how many claims were handled."""
     ctx.redis.delete(keys.DRAIN_QUEUED)  # from now on, a new push enqueues a new drain
+    settings = ctx.settings
     token = os.urandom(16).hex()
     handled = 0
-    deadline = time.monotonic() + DRAIN_BUDGET_S
+    deadline = time.monotonic() + settings.drain_budget_ms / 1000
+    linger_s, poll_s = settings.drain_linger_ms / 1000, settings.drain_poll_ms / 1000
     idle_since: float | None = None
     while True:
         claims = _claim(ctx, token)
@@ -43,9 +39,9 @@ def drain(ctx: WorkerContext) -> int:
             # would cost more than these polls (measured: 980 -> 18 drain jobs at 100 pushes/s).
             now = time.monotonic()
             idle_since = idle_since or now
-            if now - idle_since > DRAIN_LINGER_S or now > deadline:
+            if now - idle_since > linger_s or now > deadline:
                 return handled
-            time.sleep(LINGER_POLL_S)
+            time.sleep(poll_s)
             continue
         idle_since = None
         handled += len(claims)
@@ -53,10 +49,12 @@ def drain(ctx: WorkerContext) -> int:
             pass
         ctx.webhooks.pump()  # deliveries the commits just created
         if time.monotonic() > deadline:
-            kick_drain(ctx)
+            kick_drain(ctx.scripts, ctx.ids)
             return handled
 
 
 def _claim(ctx: WorkerContext, token: str) -> list[Claim]:
-    claims = ctx.scripts["claim"](args=[str(now_ms()), token, str(CLAIM_BATCH), ctx.job_id("wk")])
-    return [Claim.parse(row) for row in claims]
+    rows = ctx.scripts["claim"](
+        now_ms=now_ms(), token=token, max=ctx.settings.claim_batch, job_base=ctx.ids.new("wk")
+    )
+    return [Claim.parse(row) for row in rows]

@@ -14,6 +14,6 @@ def drain() -> int:
 
 def deliver_webhook(sink: int, session_id: str, delivery_id: str) -> str:
     """Send a dead-lettered webhook delivery that an operator requeued; raising dead-letters it again."""
-    from workers.webhooks import deliver_requeued
+    from workers.dead_letters import deliver_requeued
 
-    return deliver_requeued(get_context(), sink, session_id, delivery_id)
+    return deliver_requeued(get_context().webhooks, sink, session_id, delivery_id)

@@ -24,8 +24,6 @@ from workers.context import WorkerContext, set_context
 
 log = logging.getLogger("gms_relay.worker")
 
-MAX_REDIS_WAIT_S = 5.0
-
 
 def run_worker(settings: Settings, burst: bool = False, name: str | None = None) -> int:
     configure_logging(settings.log_level)
@@ -52,14 +50,14 @@ def run_worker(settings: Settings, burst: bool = False, name: str | None = None)
             if burst or getattr(worker, "_shutdown_requested_date", None) is not None:
                 return 0
             log.warning("RQ's work loop ended on an error; restarting it once Redis answers")
-            if not _wait_for_redis(connection):
+            if not _wait_for_redis(connection, settings.redis_retry_cap_ms / 1000):
                 return 0
     finally:
         context.close()  # lets in-flight webhook deliveries finish
         log.info("worker stopped")
 
 
-def _wait_for_redis(connection: redis.Redis) -> bool:
+def _wait_for_redis(connection: redis.Redis, cap_s: float) -> bool:
     """Wait until Redis answers; False if asked to stop meanwhile."""
     stop = threading.Event()
     previous = {sig: signal.signal(sig, lambda *_: stop.set()) for sig in (signal.SIGTERM, signal.SIGINT)}
@@ -71,7 +69,7 @@ def _wait_for_redis(connection: redis.Redis) -> bool:
                 return True
             except (RedisError, OSError):
                 stop.wait(delay)
-                delay = min(delay * 2, MAX_REDIS_WAIT_S)
+                delay = min(delay * 2, cap_s)
         return False
     finally:
         for sig, handler in previous.items():

@@ -5,104 +5,54 @@ rq-dashboard's requeue all send the same bytes under the same `webhook-id`. Each
 bounded thread pool per worker process, so a slow or dead endpoint only ever occupies its own slots.
 Retries follow WEBHOOK_RETRY_SCHEDULE_S with +-20% jitter (longer if the endpoint asks with
 `Retry-After` on 429/503); after the last one the delivery becomes a failed RQ job (the dead-letter
-registry), and the chat's later deliveries wait behind it. A sink failing several deliveries in a row
-is down: its deliveries wait and one probe a second tests it (take_deliveries.lua); 410 Gone disables
-it. Each request has a deadline for the whole exchange (WEBHOOK_TIMEOUT_MS), shorter than its lease, so
-no delivery is ever in flight twice.
+registry: workers/dead_letters.py), and the chat's later deliveries wait behind it. A sink failing
+several deliveries in a row is down: its deliveries wait and one probe a second tests it
+(take_deliveries.lua); 410 Gone disables it. Each request has a deadline for the whole exchange
+(WEBHOOK_TIMEOUT_MS), shorter than its lease, so no delivery is ever in flight twice.
 """
 
 from __future__ import annotations
 
-import email.utils
-import http.client
 import logging
 import random
 import threading
-import time
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
-from typing import TYPE_CHECKING
-from urllib.parse import urlsplit
 
-from rq import Queue
-from rq.job import JobStatus
-from rq.registry import FailedJobRegistry
-from rq.results import Result
-from rq.serializers import JSONSerializer
+import redis
 
-from shared import keys
-from shared.form_client import FormClient
-from shared.signing import decode_secret, sign
-
-if TYPE_CHECKING:
-    from workers.context import WorkerContext
+from shared.clock import now_ms
+from shared.ids import IdSource
+from shared.scripts import Scripts
+from shared.settings import Settings
+from workers.dead_letters import dead_letter
+from workers.webhook_send import Delivery, Failure, Sinks
 
 log = logging.getLogger("gms_relay.webhooks")
 
-# Deliveries in flight per sink per worker process.
-WEBHOOK_CONCURRENCY = 8
-DEAD_LETTER_TTL_S = 7 * 24 * 3600
-# A receiver's reply body is not used; anything bigger than this is not a webhook acknowledgement.
-MAX_REPLY_BYTES = 64 * 1024
-# The longest `Retry-After` honoured (seconds); the schedule's own delay applies if it is longer.
-MAX_RETRY_AFTER_S = 3600.0
-
-
-class DeliveryFailed(Exception):
-    """The endpoint did not accept a requeued delivery; RQ puts it back in the failed registry."""
-
-
-@dataclass(frozen=True)
-class Failure:
-    """Why an attempt failed, and what the endpoint asked for."""
-
-    reason: str
-    retry_after_s: float | None = None  # Retry-After on 429/503
-    gone: bool = False  # 410 Gone: the endpoint is disabled (Standard Webhooks)
-
-
-@dataclass(frozen=True)
-class Delivery:
-    id: str
-    sink: int
-    session_id: str
-    body: bytes
-    attempts: int
-
-
-def now_ms() -> int:
-    return time.time_ns() // 1_000_000
-
-
-def sink_client(url: str, timeout_ms: int) -> tuple[FormClient, str]:
-    """A keep-alive client for one sink's origin with a deadline for each whole request (connect, TLS,
-    send, reply), and the path (with query) to post to. No proxy is used, as for Refresh."""
-    parts = urlsplit(url)
-    path = (parts.path or "/") + (f"?{parts.query}" if parts.query else "")
-    origin = f"{parts.scheme}://{parts.netloc}"
-    return FormClient(origin, timeout_ms / 1000, max_reply_bytes=MAX_REPLY_BYTES), path
+# A taken delivery is ours until its request surely ended: its whole-request deadline plus this margin
+# for signing, the Redis calls around it and a stalled thread.
+LEASE_MARGIN_MS = 5000
 
 
 class WebhookDispatcher:
     """Takes due deliveries for the sinks that have room in this process and sends them."""
 
-    def __init__(self, ctx: WorkerContext) -> None:
-        self.ctx = ctx
-        sinks = len(ctx.settings.webhook_urls)
-        self.clients = [
-            sink_client(url, ctx.settings.webhook_timeout_ms) for url in ctx.settings.webhook_urls
-        ]
+    def __init__(
+        self, client: redis.Redis, scripts: Scripts, ids: IdSource, settings: Settings, sinks: Sinks
+    ):
+        self.redis = client
+        self.scripts = scripts
+        self.ids = ids
+        self.settings = settings
+        self.sinks = sinks
+        self.concurrency = settings.webhook_concurrency
         self.pools = [
-            ThreadPoolExecutor(max_workers=WEBHOOK_CONCURRENCY, thread_name_prefix=f"webhook-{s}")
-            for s in range(sinks)
+            ThreadPoolExecutor(max_workers=self.concurrency, thread_name_prefix=f"webhook-{s}")
+            for s in range(len(sinks))
         ]
-        self.busy = [0] * sinks
+        self.busy = [0] * len(sinks)
         self.lock = threading.Lock()
-        secret = ctx.settings.webhook_secret
-        self.key = decode_secret(secret) if secret else None
-        # A taken delivery is ours until its request surely ended: its whole-request deadline plus a
-        # margin for signing, the Redis calls around it and a stalled thread.
-        self.lease_ms = ctx.settings.webhook_timeout_ms + 5000
+        self.lease_ms = settings.webhook_timeout_ms + LEASE_MARGIN_MS
 
     def pump(self) -> int:
         """Start every due delivery there is room for; returns how many were started.
@@ -112,15 +62,15 @@ class WebhookDispatcher:
         if not self.pools:
             return 0
         with self.lock:
-            room = [WEBHOOK_CONCURRENCY - busy for busy in self.busy]
+            room = [self.concurrency - busy for busy in self.busy]
             for sink, free in enumerate(room):
                 self.busy[sink] += free
         taken = [0] * len(room)
         try:
             if any(room):
-                token = self.ctx.job_id("lease")
-                rows = self.ctx.scripts["take_deliveries"](
-                    args=[str(now_ms()), str(self.lease_ms), token, *map(str, room)]
+                token = self.ids.new("lease")
+                rows = self.scripts["take_deliveries"](
+                    room, now_ms=now_ms(), lease_ms=self.lease_ms, token=token
                 )
                 for row in rows:
                     delivery = Delivery(
@@ -134,11 +84,23 @@ class WebhookDispatcher:
                     self.busy[sink] -= free - taken[sink]  # give back what was reserved but not taken
         return sum(taken)
 
+    def finish(self, delivery_id: str) -> bool:
+        """Drop a delivered (or skipped) delivery and start its chat's next one; True if one started."""
+        return bool(
+            self.scripts["delivery_done"](id=delivery_id, next_id=self.ids.new("wh"), now_ms=now_ms())
+        )
+
+    def close(self) -> None:
+        """Let in-flight deliveries finish."""
+        for pool in self.pools:
+            pool.shutdown(wait=True)
+        self.sinks.close()
+
     def _run(self, delivery: Delivery, token: str) -> None:
         try:
-            failure = send(self.ctx, self.key, delivery)
+            failure = self.sinks.send(delivery)
             if failure is None:
-                started_next = finish(self.ctx, delivery.id)
+                started_next = self.finish(delivery.id)
             else:
                 self._failed(delivery, token, failure)
                 started_next = False
@@ -152,7 +114,7 @@ class WebhookDispatcher:
             self.pump()
 
     def _failed(self, delivery: Delivery, token: str, failure: Failure) -> None:
-        schedule = self.ctx.settings.webhook_retry_schedule_s
+        schedule = self.settings.webhook_retry_schedule_s
         attempt = delivery.attempts + 1
         extra = {
             "delivery_id": delivery.id,
@@ -161,20 +123,19 @@ class WebhookDispatcher:
             "attempt": attempt,
             "reason": failure.reason,
         }
-        retry_at = ""
+        retry_at = None
         if attempt <= len(schedule):
             delay_s = schedule[attempt - 1] * random.uniform(0.8, 1.2)
             if failure.retry_after_s is not None:
-                delay_s = max(delay_s, min(failure.retry_after_s, MAX_RETRY_AFTER_S))
-            retry_at = str(now_ms() + int(delay_s * 1000))
-        gone = "1" if failure.gone else ""
+                delay_s = max(delay_s, min(failure.retry_after_s, self.settings.webhook_retry_after_max_s))
+            retry_at = now_ms() + int(delay_s * 1000)
         # Fenced first: a worker that lost its lease must not leave a dead letter behind.
-        outcome = self.ctx.scripts["delivery_failed"](
-            args=[delivery.id, token, str(now_ms()), retry_at, gone]
+        outcome = self.scripts["delivery_failed"](
+            id=delivery.id, token=token, now_ms=now_ms(), retry_at_ms=retry_at, gone=failure.gone
         )
         outcome = outcome.decode() if isinstance(outcome, bytes) else str(outcome)
         if outcome in ("dead", "gone"):
-            dead_letter(self.ctx, delivery, failure.reason)
+            dead_letter(self.redis, self.settings, delivery, failure.reason)
             if outcome == "gone":
                 log.error(
                     "webhook endpoint answered 410 Gone: sink disabled, delivery dead-lettered", extra=extra
@@ -185,94 +146,3 @@ class WebhookDispatcher:
             log.warning("webhook sink is down; the delivery waits for its probe", extra=extra)
         elif outcome == "retry":
             log.warning("webhook delivery failed; will retry", extra=extra)
-
-
-def send(ctx: WorkerContext, key: bytes | None, delivery: Delivery) -> Failure | None:
-    """POST one delivery within its deadline; None on 2xx, else why it failed."""
-    clients = ctx.webhooks.clients
-    if delivery.sink >= len(clients):
-        return Failure(f"sink {delivery.sink} is no longer configured")
-    client, path = clients[delivery.sink]
-    timestamp = int(time.time())
-    headers = {
-        "Content-Type": "application/json",
-        "webhook-id": delivery.id,
-        "webhook-timestamp": str(timestamp),
-    }
-    if key is not None:
-        headers["webhook-signature"] = sign(key, delivery.id, timestamp, delivery.body)
-    started = time.perf_counter()
-    labels = f'sink="{delivery.sink}"'
-    try:
-        reply = client.post(path, delivery.body, headers)
-    except (OSError, http.client.HTTPException) as exc:  # TimeoutError included: the deadline passed
-        ctx.histograms.observe("webhook", time.perf_counter() - started, labels + ',outcome="error"')
-        return Failure(f"{type(exc).__name__} from sink {delivery.sink}")
-    ok = 200 <= reply.status < 300
-    outcome = "ok" if ok else "rejected"
-    ctx.histograms.observe("webhook", time.perf_counter() - started, labels + f',outcome="{outcome}"')
-    if ok:
-        return None
-    reason = f"HTTP {reply.status} from sink {delivery.sink}"
-    if reply.status in (429, 503):
-        return Failure(reason, retry_after_s=retry_after(reply.headers.get("Retry-After")))
-    return Failure(reason, gone=reply.status == 410)
-
-
-def retry_after(value: str | None) -> float | None:
-    """Seconds from a Retry-After header: delay-seconds or an HTTP-date (RFC 9110); None if absent or
-    unreadable."""
-    if not value:
-        return None
-    value = value.strip()
-    if value.isdigit():
-        return float(value)
-    try:
-        when = email.utils.parsedate_to_datetime(value)
-    except (TypeError, ValueError):
-        return None
-    return max(0.0, when.timestamp() - time.time())
-
-
-def finish(ctx: WorkerContext, delivery_id: str) -> bool:
-    """Drop a delivered (or skipped) delivery and start its chat's next one; True if one started."""
-    return bool(ctx.scripts["delivery_done"](args=[delivery_id, ctx.job_id("wh"), str(now_ms())]))
-
-
-def _queue(ctx: WorkerContext) -> Queue:
-    return Queue(keys.WEBHOOK_QUEUE, connection=ctx.redis, serializer=JSONSerializer)
-
-
-def dead_letter(ctx: WorkerContext, delivery: Delivery, reason: str) -> None:
-    """Record the delivery as a failed RQ job (same id): requeueing it sends it again."""
-    queue = _queue(ctx)
-    job = queue.create_job(
-        keys.WEBHOOK_JOB,
-        args=(delivery.sink, delivery.session_id, delivery.id),
-        job_id=delivery.id,
-        result_ttl=0,
-        failure_ttl=DEAD_LETTER_TTL_S,
-        timeout=ctx.settings.webhook_timeout_ms // 1000 + 10,
-        description=f"webhook {delivery.id} to sink {delivery.sink} for chat {delivery.session_id}",
-        status=JobStatus.FAILED,
-    )
-    job.origin = keys.WEBHOOK_QUEUE
-    pipe = ctx.redis.pipeline()
-    pipe.sadd(keys.RQ_QUEUES, keys.rq_queue(keys.WEBHOOK_QUEUE))
-    FailedJobRegistry(queue=queue).add(job, ttl=DEAD_LETTER_TTL_S, exc_string=reason, pipeline=pipe)
-    Result.create_failure(job, DEAD_LETTER_TTL_S, exc_string=reason, pipeline=pipe)
-    pipe.execute()
-
-
-def deliver_requeued(ctx: WorkerContext, sink: int, session_id: str, delivery_id: str) -> str:
-    """An operator requeued a dead-lettered delivery: send it once more, in place."""
-    body = ctx.redis.hget(keys.delivery(delivery_id), "body")
-    inflight = ctx.redis.get(keys.inflight(sink, session_id))
-    if not isinstance(body, bytes) or inflight != delivery_id.encode():
-        return "stale"  # delivered or skipped meanwhile
-    failure = send(ctx, ctx.webhooks.key, Delivery(delivery_id, sink, session_id, body, 0))
-    if failure is not None:
-        raise DeliveryFailed(failure.reason)
-    if finish(ctx, delivery_id):
-        ctx.webhooks.pump()
-    return "delivered"

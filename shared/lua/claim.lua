@@ -2,18 +2,15 @@
 -- A claimed chat stays in the dirty set with its score pushed past the lease: if the worker dies, the
 -- chat becomes due again when the lease expires, without waiting for a Chat Server resend.
 -- Waiting wake-ups are emitted to the sinks here, in the same transaction that takes them.
--- ARGV: now_ms, token, max, job_base
--- Returns the claims, each {sid, due_ms, state fields, credential fields, staged fields}.
-local now, token, max, job_base = int(ARGV[1]), ARGV[2], int(ARGV[3]), ARGV[4]
-if #ARGV ~= 4 or not now or not max or token == '' or job_base == '' then return bad_args('claim') end
+local now = now_ms
 local claims = {}
 local ready = redis.call('ZRANGEBYSCORE', DIRTY, '-inf', now, 'WITHSCORES', 'LIMIT', 0, max + 64)
 for i = 1, #ready, 2 do
   if #claims >= max then break end
   local sid = ready[i]
-  if redis.call('SET', P .. 'lease:' .. sid, token, 'NX', 'PX', CFG_LEASE_TTL_MS) then
+  if redis.call('SET', keys.lease(sid), token, 'NX', 'PX', CFG_LEASE_TTL_MS) then
     redis.call('ZADD', DIRTY, 'XX', now + CFG_LEASE_TTL_MS, sid)
-    local skey, ckey = P .. 'session:' .. sid, P .. 'creds:' .. sid
+    local skey, ckey = keys.session(sid), keys.credentials(sid)
     local state, creds = redis.call('HGETALL', skey), redis.call('HGETALL', ckey)
     for f = 1, #state, 2 do
       if state[f] == 'secureKey' then
@@ -29,7 +26,7 @@ for i = 1, #ready, 2 do
         break
       end
     end
-    table.insert(claims, {sid, ready[i + 1], state, creds, redis.call('HGETALL', P .. 'staged:' .. sid)})
+    table.insert(claims, {sid, ready[i + 1], state, creds, redis.call('HGETALL', keys.staged(sid))})
   end
 end
 local wakeups = redis.call('LPOP', WAKEUPS, max) or {}

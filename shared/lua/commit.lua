@@ -3,36 +3,28 @@
 -- A large outcome comes as several chunks, each one call and atomic: every chunk but the last moves
 -- the cursor to just past its events and renews the lease; the last one also settles the chat (alias,
 -- end, what is due next) and releases the lease. A crash between chunks loses and repeats nothing.
--- ARGV: sid, token, now_ms, device, cursor, final ('1' the last chunk, '' another follows), alias,
---       end_reason, gen, again_at_ms ('' none: done unless a push arrived meanwhile),
---       gap_since_ms ('' no gap: when the gap at the cursor was first seen), id_base, n_events, then
---       n_events triples (index, type, json), then staged indexes to drop. At most
---       CFG_COMMIT_CHUNK_EVENTS events per call (unpack's limit).
+-- `final`: the last chunk (else another follows); `again_at_ms` ('' none): when the chat is due again,
+-- else it is done unless a push arrived meanwhile; `gap_since_ms` ('' no gap): when the gap at the
+-- cursor was first seen. At most CFG_COMMIT_CHUNK_EVENTS events per call (unpack's limit).
 -- Payload chats also keep, in their session hash: `skipped`, the index ranges the cursor passed
 -- without delivering them ("lo-hi,lo-hi": a gap whose wait ended), so that an event of theirs that
 -- comes later is answered `late` (ingest.lua), not `duplicate`; and `gaps`, when each gap above the
 -- one at the cursor was first seen ("index:ms,...": each gap waits from then, workers/chat.py).
-local sid, token, now, device = ARGV[1], ARGV[2], int(ARGV[3]), ARGV[4]
-local cursor, final, alias, reason, gen = int(ARGV[5]), ARGV[6] == '1', ARGV[7], ARGV[8], ARGV[9]
-local again_at, gap_since, id_base, n = ARGV[10], ARGV[11], ARGV[12], int(ARGV[13])
-local first = 14
-if not now or not cursor or not n or n > CFG_COMMIT_CHUNK_EVENTS or device == '' or id_base == '' or #ARGV < first + 3 * n - 1
-  or (again_at ~= '' and not int(again_at)) or (gap_since ~= '' and not int(gap_since)) then
-  return bad_args('commit')
-end
+local now, reason, n, first = now_ms, end_reason, n_events, REST
+if n > CFG_COMMIT_CHUNK_EVENTS or #ARGV < first + 3 * n - 1 then return bad_args('commit') end
 for i = first, first + 3 * n - 1, 3 do
   if not int(ARGV[i]) then return bad_args('commit') end
 end
 for i = first + 3 * n, #ARGV do
   if not int(ARGV[i]) then return bad_args('commit') end
 end
-local lease = P .. 'lease:' .. sid
+local lease = keys.lease(sid)
 if redis.call('GET', lease) ~= token then
   count('commit_fenced')
   return 0
 end
 
-local skey, ckey, staged = P .. 'session:' .. sid, P .. 'creds:' .. sid, P .. 'staged:' .. sid
+local skey, ckey, staged = keys.session(sid), keys.credentials(sid), keys.staged(sid)
 -- One read for everything below: the payload bookkeeping, then the alias ordering.
 local payload = redis.call('HMGET', skey, 'mode', 'cursor', 'skipped', 'gaps', 'alias_key', 'aliases')
 local book = {}  -- payload bookkeeping fields to write with the cursor
@@ -91,8 +83,8 @@ if reason ~= '' then
   items[#items + 1] = notice(device, sid, 'chat.ended', data, now)
   -- Forget the credentials at once; only the ended marker remains (it has a TTL).
   redis.call('DEL', skey, ckey, staged)
-  redis.call('SET', P .. 'ended:' .. sid, reason, 'PX', CFG_STATE_TTL_MS)
-  if redis.call('GET', P .. 'device:' .. device) == sid then redis.call('DEL', P .. 'device:' .. device) end
+  redis.call('SET', keys.ended(sid), reason, 'PX', CFG_STATE_TTL_MS)
+  if redis.call('GET', keys.device(device)) == sid then redis.call('DEL', keys.device(device)) end
   redis.call('ZREM', DIRTY, sid)
   count('sessions_ended_' .. reason)
 else
@@ -100,8 +92,8 @@ else
   take_alias(fields, payload[5], alias, 2 * cursor + 1)
   if alias ~= '' then fields[#fields + 1] = 'aliases'; fields[#fields + 1] = remember(payload[6], alias) end
   for _, value in ipairs(book) do fields[#fields + 1] = value end
-  if gap_since ~= '' then
-    fields[#fields + 1] = 'gap_since'; fields[#fields + 1] = gap_since
+  if gap_since_ms then
+    fields[#fields + 1] = 'gap_since'; fields[#fields + 1] = gap_since_ms
     -- The gaps above the one at the cursor, each with when it was first seen (now, if it is new).
     local seen, later, last = {}, {}, nil
     for index, at in string.gmatch(payload[4] or '', '(%d+):(%d+)') do seen[tonumber(index)] = at end
@@ -129,8 +121,8 @@ else
   redis.call('PEXPIRE', ckey, CFG_CREDS_TTL_MS)
   if (redis.call('HGET', skey, 'gen') or '') ~= gen then
     redis.call('ZADD', DIRTY, now, sid)  -- a push arrived while we worked: go again at once
-  elseif again_at ~= '' then
-    redis.call('ZADD', DIRTY, int(again_at), sid)
+  elseif again_at_ms then
+    redis.call('ZADD', DIRTY, again_at_ms, sid)
   else
     redis.call('ZREM', DIRTY, sid)
   end

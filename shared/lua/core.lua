@@ -1,14 +1,9 @@
--- Helpers every script shares. shared/scripts.py prepends the per-process constants (CFG_*, from the
--- settings), the drain job's template (built from RQ's own Job.to_dict) and this file to each script.
--- Redis runs the whole text on every call, so keep it small: each definition here costs every push.
--- Every script validates its arguments before its first write: Redis does not undo a script's earlier
--- writes when it fails later.
-local P = 'gms-relay:'
-local DIRTY = P .. 'dirty'
-local DRAIN_QUEUED = P .. 'drain-queued'
-local WAKEUPS = P .. 'wakeups'
-local COUNTERS = P .. 'counters'
-local PARKED = P .. 'parked'
+-- Helpers every script shares. shared/scripts.py builds each script from the prelude (per-process
+-- constants CFG_*, key names and functions `keys.*` from shared/keys.py, the drain job's template: see
+-- shared/lua_prelude.py), this file, the helper files it needs, its generated argument header and its
+-- body. Redis runs the whole text on every call, so keep it small: each definition here costs every
+-- push. Every script validates its arguments before its first write (the generated header does most of
+-- it): Redis does not undo a script's earlier writes when it fails later.
 
 local function count(name, by)
   redis.call('HINCRBY', COUNTERS, name, by or 1)
@@ -47,13 +42,13 @@ end
 
 -- Write a job exactly as RQ's Queue.enqueue would: job hash, queue list, queue set.
 local function write_job(template, job_id, queue, data, ms, extra)
-  local key = 'rq:job:' .. job_id
+  local key = keys.rq_job(job_id)
   local ts = iso(ms)
   redis.call('HSET', key, 'created_at', ts, 'enqueued_at', ts, 'data', data, 'origin', queue,
     'status', 'queued', unpack(template))
   if extra then redis.call('HSET', key, unpack(extra)) end
-  redis.call('RPUSH', 'rq:queue:' .. queue, job_id)
-  redis.call('SADD', 'rq:queues', 'rq:queue:' .. queue)
+  redis.call('RPUSH', keys.rq_queue(queue), job_id)
+  redis.call('SADD', RQ_QUEUES, keys.rq_queue(queue))
 end
 
 -- Enqueue one drain job unless one is already waiting in the queue.

@@ -1,16 +1,14 @@
 -- A webhook attempt failed. Fenced by the lease token: a worker that lost its lease changes nothing.
--- ARGV: id, token, now_ms, retry_at_ms ('' = that was the last attempt), gone ('1': HTTP 410 Gone)
--- Returns what became of the delivery:
+-- `retry_at_ms` '': that was the last attempt; `gone`: HTTP 410 Gone. Returns what became of it:
 --   'fenced' (not ours any more), 'retry' (due again at retry_at_ms), 'parked' (its sink is down: it
 --   waits for the sink's probe, using no attempt), 'dead' (dead-lettered: the caller records it in
 --   RQ's failed registry), 'gone' (410: dead-lettered and the sink disabled: nothing more is sent).
-local id, token, now, retry_at, gone = ARGV[1], ARGV[2], int(ARGV[3]), ARGV[4], ARGV[5] == '1'
-if #ARGV ~= 5 or not now or (retry_at ~= '' and not int(retry_at)) then return bad_args('delivery_failed') end
-local dkey = P .. 'delivery:' .. id
+local now = now_ms
+local dkey = keys.delivery(id)
 local d = redis.call('HMGET', dkey, 'token', 'sink')
 if d[1] ~= token or not d[2] then return 'fenced' end
 redis.call('HDEL', dkey, 'token')
-local skey = P .. 'sink:' .. d[2]
+local skey = keys.sink(d[2])
 if gone then
   redis.call('ZREM', DELIVERIES, id)
   redis.call('HINCRBY', dkey, 'attempts', 1)
@@ -36,12 +34,12 @@ if down then
   return 'parked'
 end
 redis.call('HINCRBY', dkey, 'attempts', 1)
-if retry_at == '' then
+if not retry_at_ms then
   redis.call('ZREM', DELIVERIES, id)
   redis.call('HSET', dkey, 'dead', 1)
   count('webhook_dead_lettered')
   return 'dead'
 end
-redis.call('ZADD', DELIVERIES, int(retry_at), id)
+redis.call('ZADD', DELIVERIES, retry_at_ms, id)
 count('webhook_retried')
 return 'retry'

@@ -4,13 +4,11 @@
 -- of a chat is in flight per sink; consecutive events are batched into one chat.events delivery whose
 -- bytes are fixed here, so every retry carries the same webhook-id and body. Due deliveries sit in
 -- DELIVERIES by due time. Callers bound the number of items per call (unpack has a stack limit).
-local DELIVERIES = P .. 'deliveries'
--- Score of the deliveries waiting on a sink that is down or disabled: SINK_PARKED + sink, beyond any
--- due time, so that the sink's probe and its recovery find exactly them.
-local SINK_PARKED = 10000000000000  -- 1e13 ms (year 2286); 14 digits, exact in Lua's number format
+-- Deliveries waiting on a sink that is down or disabled score SINK_PARKED + sink (shared/keys.py),
+-- beyond any due time, so that the sink's probe and its recovery find exactly them.
 
 local function start_delivery(sink, sid, id, ms)
-  local okey = P .. 'outbox:' .. sink .. ':' .. sid
+  local okey = keys.outbox(sink, sid)
   local items = redis.call('LRANGE', okey, 0, CFG_BATCH_MAX - 1)
   if #items == 0 then return 0 end
   local body, taken
@@ -32,10 +30,10 @@ local function start_delivery(sink, sid, id, ms)
       .. ',"events":[' .. table.concat(events, ',') .. ']}}'
   end
   redis.call('LTRIM', okey, taken, -1)
-  local dkey = P .. 'delivery:' .. id
+  local dkey = keys.delivery(id)
   redis.call('HSET', dkey, 'body', body, 'sink', sink, 'sid', sid, 'attempts', 0, 'created', ms)
   redis.call('PEXPIRE', dkey, CFG_OUTBOX_TTL_MS)
-  redis.call('SET', P .. 'inflight:' .. sink .. ':' .. sid, id, 'PX', CFG_OUTBOX_TTL_MS)
+  redis.call('SET', keys.inflight(sink, sid), id, 'PX', CFG_OUTBOX_TTL_MS)
   redis.call('ZADD', DELIVERIES, ms, id)
   count('webhook_deliveries_created')
   return 1
@@ -45,10 +43,10 @@ end
 local function fan_out(sid, items, id_base, ms)
   if #items == 0 then return end
   for sink = 0, CFG_SINKS - 1 do
-    local okey = P .. 'outbox:' .. sink .. ':' .. sid
+    local okey = keys.outbox(sink, sid)
     redis.call('RPUSH', okey, unpack(items))
     redis.call('PEXPIRE', okey, CFG_OUTBOX_TTL_MS)
-    if redis.call('EXISTS', P .. 'inflight:' .. sink .. ':' .. sid) == 0 then
+    if redis.call('EXISTS', keys.inflight(sink, sid)) == 0 then
       start_delivery(sink, sid, id_base .. '-' .. sink, ms)
     end
   end
@@ -56,7 +54,7 @@ end
 
 -- Append one entry to a device's stream (the contract's Redis stream sink).
 local function stream_add(device, ...)
-  local stream = P .. 'events:' .. device
+  local stream = keys.stream(device)
   redis.call('XADD', stream, 'MAXLEN', '~', CFG_STREAM_MAXLEN, '*', ...)
   redis.call('PEXPIRE', stream, CFG_STREAM_TTL_MS)
 end

@@ -1,5 +1,4 @@
 -- Give a claimed chat back without delivering.
--- ARGV: sid, token, how, at_ms, gen, now_ms, id_base, alias
 --   how = 'retry': a refresh failed; due again at at_ms (the caller's backoff grows with `retries`).
 --   how = 'later': waiting for a gap in payload indexes to fill; due again at at_ms.
 --   how = 'park': no credentials; emits `chat.credentials_required` once when the chat enters the
@@ -9,19 +8,14 @@
 --                 alias not refused yet, else at at_ms or with the next push. The worker ends the chat
 --                 when an alias already refused is refused again.
 --   how = 'drop': nothing left to work on (the chat's state was forgotten or expired).
-local sid, token, how, at, gen = ARGV[1], ARGV[2], ARGV[3], int(ARGV[4]), ARGV[5]
-local now, id_base, alias = int(ARGV[6]), ARGV[7], ARGV[8]
-if #ARGV ~= 8 or not at or not now or id_base == '' or (how ~= 'retry' and how ~= 'later'
-  and how ~= 'park' and how ~= 'suspect' and how ~= 'drop') then
-  return bad_args('release')
-end
-local lease = P .. 'lease:' .. sid
+local at, now = at_ms, now_ms
+local lease = keys.lease(sid)
 if redis.call('GET', lease) ~= token then
   count('commit_fenced')
   return 'fenced'
 end
 redis.call('DEL', lease)
-local skey = P .. 'session:' .. sid
+local skey = keys.session(sid)
 local state = redis.call('HMGET', skey, 'gen', 'deviceId', 'alias', 'aliases', 'refused')
 local unchanged = (state[1] or '') == gen
 if not state[2] then how = 'drop' end  -- never re-create a forgotten chat's hash (it would have no TTL)

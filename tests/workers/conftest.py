@@ -58,14 +58,13 @@ def burst(relay_settings: Settings, redis_client: redis.Redis) -> Iterator[Burst
 def burst_until(burst: Burst) -> BurstUntil:
     """Burst, and again whenever the watcher finds work due later (backoffs, gap waits), until done."""
     from workers.context import get_context
-    from workers.watcher import check_once
 
     def run(condition: Callable[[], bool]) -> None:
         deadline = time.monotonic() + 30
         burst()
         while not condition():
             assert time.monotonic() < deadline, "condition not met within 30 s"
-            if check_once(get_context()):
+            if get_context().watcher.check_once():
                 burst()
             time.sleep(0.02)
 

@@ -20,18 +20,20 @@ from standardwebhooks.webhooks import Webhook, WebhookVerificationError
 from starlette.applications import Starlette
 from starlette.types import ASGIApp, Receive, Scope, Send
 
+from gms_relay.stack import relay_command
 from shared import keys
 from shared.redis_server import RedisServer
-from shared.scripts import SINK_DOWN_AFTER
-from shared.stack import relay_command
+from shared.settings import Settings
 from simulator.receiver import Delivery, WebhookReceiver
 from tests.processes import RelayProcesses, relay_env, relay_processes, wait_for
 from tests.pushes import body, event, payload_message
-from workers.webhooks import WEBHOOK_CONCURRENCY
 
 pytestmark = [pytest.mark.e2e, pytest.mark.timeout(180)]
 
 SECRET = "whsec_" + base64.b64encode(b"0123456789abcdef0123456789abcdef").decode()
+
+CONCURRENCY = Settings().webhook_concurrency
+DOWN_AFTER = Settings().webhook_sink_down_after
 
 
 def verified(delivery: Delivery) -> Delivery:
@@ -256,11 +258,11 @@ def test_a_slow_endpoint_does_not_delay_another(redis_server: RedisServer, redis
                 for chat in range(20):
                     post(relay, body(payload_message([event(1)], chat_id=f"c{chat}"), f"d{chat}"))
                 # Every slot the slow endpoint can get, in every worker, is now taken by a stalled request.
-                wait_for(lambda: slow.holding == workers * WEBHOOK_CONCURRENCY)
+                wait_for(lambda: slow.holding == workers * CONCURRENCY)
                 for chat in range(20):
                     post(relay, body(payload_message([event(2)], chat_id=f"c{chat}", ended=True), f"d{chat}"))
                 wait_for(lambda: len(ended_chats(fast)) == 20)
-                assert slow.holding == workers * WEBHOOK_CONCURRENCY and slow.deliveries == []
+                assert slow.holding == workers * CONCURRENCY and slow.deliveries == []
             finally:
                 slow.release.set()
             wait_for(lambda: len(ended_chats(slow)) == 20, timeout_s=60)
@@ -277,11 +279,11 @@ def chats_delivered(receiver: WebhookReceiver, sessions: set[str]) -> bool:
 def test_a_sink_that_is_down_is_probed_and_every_chat_resumes_at_once(
     redis_server: RedisServer, redis_client: redis.Redis
 ) -> None:
-    """Every delivery fails: after SINK_DOWN_AFTER in a row the sink is down and only a probe a second
+    """Every delivery fails: after WEBHOOK_SINK_DOWN_AFTER in a row the sink is down and only a probe a second
     is sent. The retries are scheduled 30 s out, yet once the receiver is back every chat is delivered
     within seconds: the probe's success resumes them all, the backoff they reached does not count."""
     receiver = WebhookReceiver(status=503)
-    sessions = {f"down-{n}" for n in range(SINK_DOWN_AFTER + 2)}
+    sessions = {f"down-{n}" for n in range(DOWN_AFTER + 2)}
     with (
         receiver,
         relay_processes(
@@ -295,7 +297,7 @@ def test_a_sink_that_is_down_is_probed_and_every_chat_resumes_at_once(
         wait_for(lambda: chats_delivered(receiver, sessions), timeout_s=15)  # well inside the 30 s backoff
         assert int(redis_client.hget(keys.COUNTERS, "webhook_sink_up") or 0) == 1
     attempts = len(receiver.deliveries) - len(receiver.accepted())
-    assert attempts < SINK_DOWN_AFTER + 15  # the failures in a row, then probes only (about one a second)
+    assert attempts < DOWN_AFTER + 15  # the failures in a row, then probes only (about one a second)
     assert receiver.overlaps == []
 
 
