@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from shared.errors import ConfigError
-from shared.settings import LEASE_MARGIN_MS, load_settings
+from shared.settings import LEASE_MARGIN_MS, Settings, load_settings
 
 
 def test_defaults_split_credentials_from_chat_state() -> None:
@@ -56,3 +56,33 @@ def test_webhook_retry_schedule_accepts_fractional_seconds() -> None:
     for bad in ("0", "-1", "soon", "nan", "inf", "1,,2"):
         with pytest.raises(ConfigError, match="WEBHOOK_RETRY_SCHEDULE_S"):
             load_settings({"WEBHOOK_RETRY_SCHEDULE_S": bad})
+
+
+@pytest.mark.parametrize("field", [f for f, kind in Settings.__annotations__.items() if kind == "int"])
+def test_every_integer_setting_is_read_from_its_upper_cased_variable(field: str) -> None:
+    default = getattr(Settings(), field)
+    # Double it (every default is positive): a value no cross-field rule refuses...
+    env = {field.upper(): str(default * 2)}
+    if field == "session_idle_ttl_s":
+        env["CHAT_STATE_TTL_S"] = str(default * 2)
+    if field == "refresh_timeout_ms":
+        env["LEASE_TTL_MS"] = str(default * 5)
+    if field == "commit_chunk_events":
+        env[field.upper()] = str(default)  # already close to the ceiling
+    settings = load_settings(env)
+    assert getattr(settings, field) == int(env[field.upper()])
+    with pytest.raises(ConfigError, match=field.upper()):
+        load_settings({field.upper(): "zero"})
+
+
+@pytest.mark.parametrize(
+    "env, message",
+    [
+        ({"COMMIT_CHUNK_EVENTS": "5000"}, "COMMIT_CHUNK_EVENTS .* must not exceed 1000"),
+        ({"DRAIN_BUDGET_MS": "60000"}, "DRAIN_BUDGET_MS .* must be below DRAIN_JOB_TIMEOUT_S"),
+        ({"WEBHOOK_KEYS_TTL_S": "3600"}, "WEBHOOK_KEYS_TTL_S .* must outlive the whole"),
+    ],
+)
+def test_cross_field_rules_name_both_variables(env: dict[str, str], message: str) -> None:
+    with pytest.raises(ConfigError, match=message):
+        load_settings(env)
