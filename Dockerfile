@@ -17,7 +17,7 @@ COPY . .
 RUN pip wheel --no-deps --wheel-dir /wheels . \
  && python -m venv /opt/venv \
  && /opt/venv/bin/pip install "$(ls /wheels/gms_push_relay-*.whl)[dashboard]" \
- && /opt/venv/bin/python -c "import ingress, workers, shared, simulator, rq_dashboard, six"
+ && /opt/venv/bin/python -c "import gms_relay, ingress, workers, shared, simulator, rq_dashboard, six"
 
 # --- runtime: the venv only, run as an unprivileged user ---
 FROM ${PYTHON_IMAGE} AS runtime

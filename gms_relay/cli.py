@@ -31,7 +31,7 @@ def _worker(args: argparse.Namespace) -> int:
 
 
 def _up(args: argparse.Namespace) -> int:
-    from shared.stack import run_stack
+    from gms_relay.stack import run_stack
 
     return int(run_stack(args))
 

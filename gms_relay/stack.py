@@ -94,7 +94,7 @@ class Stack:
 
 
 def relay_command(*args: str) -> list[str]:
-    return [sys.executable, "-m", "shared.cli", *args]
+    return [sys.executable, "-m", "gms_relay", *args]
 
 
 def wait_until_ready(url: str, timeout_s: float = 20.0, alive: Callable[[], bool] = lambda: True) -> None:

@@ -7,8 +7,8 @@ import time
 from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
 
+from gms_relay.stack import Child, Stack, relay_command, wait_until_ready
 from shared.redis_server import free_port
-from shared.stack import Child, Stack, relay_command, wait_until_ready
 
 
 def relay_env(**env: str) -> dict[str, str]:

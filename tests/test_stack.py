@@ -40,7 +40,7 @@ def test_up_simulate_delivers_end_to_end_and_stops_cleanly(tmp_path: Path) -> No
         [
             sys.executable,
             "-m",
-            "shared.cli",
+            "gms_relay",
             "up",
             "--simulate",
             "--workers",
