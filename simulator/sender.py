@@ -21,7 +21,8 @@ from typing import Any, Literal, NamedTuple
 import httpx
 import msgspec
 
-from simulator.transcript import Chat, ChatStore, Mode, PendingTrigger, now_ms
+from shared.clock import now_ms
+from simulator.transcript import Chat, ChatStore, Mode, PendingTrigger
 
 PushKind = Literal["trigger", "payload", "wakeup"]
 WAKEUP_TEXT = "dummy message"

@@ -18,6 +18,8 @@ from typing import Any, Literal, NamedTuple, Protocol
 
 import msgspec
 
+from shared.clock import now_ms
+
 Mode = Literal["reliable", "payload", "wakeup"]
 Who = Literal["customer", "agent", "system"]
 MODES: tuple[Mode, ...] = ("reliable", "payload", "wakeup")
@@ -110,10 +112,6 @@ def _copy_events(events: list[dict[str, Any]]) -> list[dict[str, Any]]:
     """A deep copy of JSON-shaped events, a few times faster than copy.deepcopy."""
     copied: list[dict[str, Any]] = msgspec.json.decode(msgspec.json.encode(events))
     return copied
-
-
-def now_ms() -> int:
-    return int(time.time() * 1000)
 
 
 class ChatStore:
