@@ -49,7 +49,10 @@ class IngressStore:
         # disconnects it, and its next call reconnects.
         pool = self.client.connection_pool
         try:
-            conn = self._idle.pop() if self._idle else await pool.get_connection()
+            if self._idle:
+                conn = self._idle.pop()
+            else:  # redis-py leaves get_connection untyped
+                conn = await pool.get_connection()  # type: ignore[no-untyped-call]
             try:
                 evalsha = conn.pack_command("EVALSHA", self.shas[script], 0, *args)
                 await conn.send_packed_command(evalsha)
