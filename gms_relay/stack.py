@@ -160,7 +160,7 @@ def run_stack(args: argparse.Namespace) -> int:
                 [
                     sys.executable,
                     "-m",
-                    "rq_dashboard",
+                    "gms_relay.dashboard",  # rq-dashboard reading the relay's JSON jobs, workers' too
                     "--redis-url",
                     env["REDIS_URL"],
                     "--port",

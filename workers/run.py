@@ -13,14 +13,12 @@ import threading
 
 import redis
 from redis.exceptions import RedisError
-from rq import Queue, SimpleWorker
-from rq.serializers import JSONSerializer
 from rq.worker import DequeueStrategy
 
-from shared import keys
 from shared.logs import configure_logging
 from shared.settings import Settings
 from workers.context import WorkerContext, set_context
+from workers.rq_worker import relay_worker
 
 log = logging.getLogger("gms_relay.worker")
 
@@ -31,11 +29,9 @@ def run_worker(settings: Settings, burst: bool = False, name: str | None = None)
     context.start_watcher()
     set_context(context)
     connection = redis.Redis.from_url(settings.redis_url)
-    queues = [Queue(q, connection=connection, serializer=JSONSerializer) for q in keys.QUEUES]
     try:
         while True:
-            # SimpleWorker: no fork per job (RQ's forking Worker costs ~10 ms per job here).
-            worker = SimpleWorker(queues, connection=connection, serializer=JSONSerializer, name=name)
+            worker = relay_worker(connection, name)
             try:
                 worker.work(
                     burst=burst,
