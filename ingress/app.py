@@ -15,7 +15,7 @@ from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
 from ingress.auth import FailureThrottle, bearer_ok
-from ingress.metrics import IngressMetrics
+from ingress.metrics import IngressMetrics, live_workers
 from ingress.push import PushEndpoint
 from ingress.replies import error_body
 from ingress.store import IngressStore
@@ -176,6 +176,7 @@ async def _pipeline_metrics(store: IngressStore) -> str:
     results = await pipe.execute()
     # Parked: chats waiting for credentials (PUT /sessions); each emitted chat.credentials_required.
     depths = {"chats_dirty": results[-1], "chats_parked": results[-2]}
+    depths["workers"] = await live_workers(store.client)
     for i, queue in enumerate(keys.QUEUES):
         name = queue.replace("-", "_")
         depths[f'queue_depth{{queue="{name}"}}'] = results[1 + 2 * i]

@@ -2,7 +2,15 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 from prometheus_client import CollectorRegistry, Counter, Histogram, generate_latest
+
+from shared import keys
+
+# RQ adds each worker to this set for every queue it listens on (rq.worker_registration's
+# WORKERS_BY_QUEUE_KEY); every relay worker listens on the drain queue, other apps' workers do not.
+RQ_DRAIN_WORKERS = f"rq:workers:{keys.DRAIN_QUEUE}"
 
 REPLY_BUCKETS_S = (0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 1.0)
 
@@ -34,3 +42,11 @@ class IngressMetrics:
 
     def render(self) -> bytes:
         return generate_latest(self.registry)
+
+
+async def live_workers(client: Any) -> int:
+    """Relay workers whose RQ registration is alive: the workers have no /metrics of their own, so this
+    is how their absence shows. A stopped worker leaves the set at once; a killed one's set member
+    lingers, but its registration key expires (RQ's worker_ttl + 60 s) and is then not counted."""
+    members = await client.smembers(RQ_DRAIN_WORKERS)
+    return int(await client.exists(*members)) if members else 0

@@ -34,6 +34,18 @@ _HELP = {
     "payload_late": "payload events that arrived after their gap was skipped (acknowledged, not delivered)",
     "payload_gaps_skipped": "payload gaps given up on after PAYLOAD_GAP_WAIT_MS (their events never came)",
 }
+_HISTOGRAM_HELP = {
+    "refresh": "Chat API Refresh calls, by outcome (ok, retry, fatal)",
+    "trigger_to_stream": "push accepted to its chat's events in the stream",
+    "webhook": "webhook attempts, by sink (its index in WEBHOOK_URL) and outcome (ok, rejected, error)",
+}
+_GAUGE_HELP = {
+    "chats_dirty": "chats with work pending: due, being refreshed, or scheduled (retries, gap waits)",
+    "chats_parked": "chats waiting for credentials (PUT /sessions)",
+    "queue_depth": "jobs waiting in each RQ queue",
+    "dead_letters": "jobs in each RQ queue's failed registry (webhook dead letters, failed drains)",
+    "workers": "relay workers registered in Redis (a killed one drops out when its registration expires)",
+}
 
 
 class Histograms:
@@ -94,6 +106,7 @@ def render(fields: dict[bytes, bytes], depths: dict[str, int]) -> str:
         lines.append(f"{metric} {value:g}")
     for name, series in sorted(hist.items()):
         metric = f"gms_relay_{name}_seconds"
+        lines.append(f"# HELP {metric} {_HISTOGRAM_HELP.get(name, name.replace('_', ' '))}")
         lines.append(f"# TYPE {metric} histogram")
         for labels, parts in sorted(series.items()):
             sep = "," if labels else ""
@@ -109,6 +122,7 @@ def render(fields: dict[bytes, bytes], depths: dict[str, int]) -> str:
         gauge = gauge_series.partition("{")[0]
         if gauge not in typed:
             typed.add(gauge)
+            lines.append(f"# HELP gms_relay_{gauge} {_GAUGE_HELP.get(gauge, gauge.replace('_', ' '))}")
             lines.append(f"# TYPE gms_relay_{gauge} gauge")
         lines.append(f"gms_relay_{gauge_series} {depth}")
     return "\n".join(lines) + "\n"
