@@ -1,7 +1,10 @@
-"""Deployment files: docker-compose.yml, Dockerfile and .dockerignore keep what the README promises.
+"""Deployment files: docker-compose.yml, .env.example, Dockerfile and .dockerignore keep what the README
+promises.
 
 No Docker engine is needed: the compose file is read as YAML (skipped without PyYAML) and checked
 against the compose-spec schema when check-jsonschema is installed; commands are parsed by the CLI.
+Every setting of the README's configuration tables reaches the relay's processes with the relay's own
+default, and the `monitoring` profile mounts the files under deploy/ where its services read them.
 """
 
 from __future__ import annotations
@@ -19,6 +22,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+import msgspec
 import pytest
 import redis
 
@@ -26,7 +30,7 @@ from gms_relay.cli import build_parser
 from ingress.server import GRACEFUL_SHUTDOWN_S
 from shared import keys
 from shared.redis_server import RedisServer
-from shared.settings import Settings
+from shared.settings import Settings, load_settings
 from simulator.cli import _parser as simulator_parser
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -34,6 +38,8 @@ COMPOSE = ROOT / "docker-compose.yml"
 DOCKERFILE = ROOT / "Dockerfile"
 DOCKERIGNORE = ROOT / ".dockerignore"
 CI_RUN = ROOT / ".ci" / "run"
+README = ROOT / "README.md"
+ENV_EXAMPLE = ROOT / ".env.example"
 
 # `${...}` not escaped as `$${...}`.
 _INTERPOLATION = re.compile(r"(?<!\$)\$\{(?P<body>[^}]*)\}")
@@ -41,6 +47,8 @@ _DEFAULTED = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*:-")
 _REQUIRED = re.compile(r"^(?P<var>[A-Za-z_][A-Za-z0-9_]*):\?(?P<why>.*)$")
 _DURATION_PART = re.compile(r"(\d+(?:\.\d+)?)(us|ms|s|m|h)")
 _UNITS_S = {"us": 1e-6, "ms": 1e-3, "s": 1.0, "m": 60.0, "h": 3600.0}
+_BODY = re.compile(r"(?P<var>[A-Za-z_][A-Za-z0-9_]*)(?P<op>:-|:\?)(?P<rest>.*)", re.S)
+_ENV_LINE = re.compile(r"^(?P<commented>#\s*)?(?P<var>[A-Z][A-Z0-9_]*)=(?P<value>.*)$")
 # Tools a python:3.11-slim image does not have.
 _MISSING_IN_SLIM = ("curl", "wget", "pgrep", "pidof")
 
@@ -88,6 +96,63 @@ def healthcheck_code(service: dict[str, Any]) -> str:
 def interpolations() -> list[str]:
     """What stands inside each `${...}` of the compose file."""
     return [m["body"] for m in _INTERPOLATION.finditer(COMPOSE.read_text())]
+
+
+def readme_settings() -> list[str]:
+    """Every variable in the first column of the README's configuration tables (## Configuration)."""
+    text = README.read_text()
+    start = text.index("\n## Configuration")
+    section = text[start : text.index("\n## ", start + 1)]
+    names: list[str] = []
+    for line in section.splitlines():
+        if line.startswith("| `"):
+            names += re.findall(r"`([A-Z][A-Z0-9_]*)`", line.split("|")[1])
+    assert len(names) > 30, "the README's configuration tables moved"
+    return names
+
+
+def resolved(value: str, given: dict[str, str]) -> str:
+    """A compose value as compose interpolates it when only `given` is set (in the shell or `.env`)."""
+
+    def one(match: re.Match[str]) -> str:
+        body = _BODY.fullmatch(match["body"])
+        assert body, f"${{{match['body']}}}"
+        if given.get(body["var"]):
+            return given[body["var"]]
+        assert body["op"] == ":-", f"{body['var']} is required"
+        return body["rest"]
+
+    return _INTERPOLATION.sub(one, value)
+
+
+def compose_defaults(service: dict[str, Any]) -> dict[str, str]:
+    """The `${VAR:-default}` defaults of a service's environment, by variable."""
+    defaults = {}
+    for body in (m["body"] for v in service["environment"].values() for m in _INTERPOLATION.finditer(str(v))):
+        var, _, default = body.partition(":-")
+        if not _REQUIRED.match(body):
+            defaults[var] = default
+    return defaults
+
+
+def env_example() -> dict[str, tuple[bool, str]]:
+    """`.env.example`'s variables: name -> (commented out, value)."""
+    found = {}
+    for line in ENV_EXAMPLE.read_text().splitlines():
+        match = _ENV_LINE.match(line)
+        if match:
+            found[match["var"]] = (match["commented"] is not None, match["value"])
+    return found
+
+
+def mounts(service: dict[str, Any]) -> dict[str, Path]:
+    """Bind mounts of a service: path in the container -> path in this repository."""
+    found = {}
+    for volume in service.get("volumes", []):
+        source, target, *_ = volume.split(":")
+        if source.startswith("./"):
+            found[target] = ROOT / source
+    return found
 
 
 def relay_services(services: dict[str, dict[str, Any]]) -> dict[str, dict[str, Any]]:
@@ -286,6 +351,91 @@ def test_the_installed_packages_carry_their_data_files() -> None:
             if not any(path in set(package.glob(pattern)) for pattern in patterns):
                 missing.append(str(path.relative_to(ROOT)))
     assert not missing, f"not in the wheel (add them to [tool.setuptools.package-data]): {missing}"
+
+
+def test_every_documented_setting_reaches_the_ingress_and_the_workers(
+    services: dict[str, dict[str, Any]],
+) -> None:
+    for name in ("ingress", "worker"):
+        missing = [var for var in readme_settings() if var not in services[name]["environment"]]
+        assert not missing, f"{name} is not given {missing}"
+    assert services["ingress"]["environment"] == services["worker"]["environment"], "one relay environment"
+
+
+def test_compose_defaults_are_the_relays_own(services: dict[str, dict[str, Any]]) -> None:
+    """With only the required variables set, the processes run with exactly the relay's defaults."""
+    given = {"GMS_URL": "http://gms.example:8080"}
+    env = {var: resolved(str(value), given) for var, value in services["worker"]["environment"].items()}
+    assert env["REDIS_URL"] == "redis://redis:6379/0"
+    compose, relay = load_settings(env), load_settings({"REDIS_URL": env["REDIS_URL"], **given})
+    assert msgspec.structs.asdict(compose) == msgspec.structs.asdict(relay)
+
+
+def test_env_example_lists_every_variable_with_the_compose_default(
+    services: dict[str, dict[str, Any]],
+) -> None:
+    example = env_example()
+    fixed = {var for var, value in services["worker"]["environment"].items() if "${" not in str(value)}
+    missing = [var for var in readme_settings() if var not in example and var not in fixed]
+    assert not missing, f".env.example does not list {missing}"
+    interpolated = {m["body"].partition(":")[0] for m in _INTERPOLATION.finditer(COMPOSE.read_text())}
+    assert interpolated - {"GMS_URL"} <= example.keys(), sorted(interpolated - example.keys())
+    assert set(example) <= interpolated, (
+        f"not used by the compose file: {sorted(set(example) - interpolated)}"
+    )
+    required = {m["var"] for m in map(_REQUIRED.match, interpolations()) if m}
+    for var in required:
+        assert var in example and not example[var][0], f"{var} is required: .env.example sets it"
+    defaults = {
+        var: default
+        for s in services.values()
+        if "environment" in s
+        for var, default in compose_defaults(s).items()
+    }
+    for var, (commented, value) in example.items():
+        if commented:
+            assert value == defaults[var], (
+                f".env.example says {var}={value}, the compose file {defaults[var]!r}"
+            )
+
+
+def test_monitoring_profile_runs_prometheus_and_grafana_on_the_deploy_files(
+    services: dict[str, dict[str, Any]],
+) -> None:
+    yaml = pytest.importorskip("yaml")
+    prometheus, grafana = services["prometheus"], services["grafana"]
+    assert prometheus["profiles"] == grafana["profiles"] == ["monitoring"]
+    # Prometheus reads deploy/prometheus (scrape config and the rules it names).
+    config_in_container = next(a.split("=", 1)[1] for a in argv(prometheus) if a.startswith("--config.file="))
+    mounted = mounts(prometheus)
+    config = mounted[str(Path(config_in_container).parent)] / Path(config_in_container).name
+    assert config == ROOT / "deploy" / "prometheus" / "prometheus.yml"
+    scrape = yaml.safe_load(config.read_text())
+    assert all((config.parent / rules).is_file() for rules in scrape["rule_files"])
+    (job,) = scrape["scrape_configs"]
+    (discovery,) = job["dns_sd_configs"]
+    assert (
+        discovery["names"] == ["ingress"]
+        and discovery["port"] == parse_command("ingress", services["ingress"]).port
+    )
+    # Grafana: provisioning, the dashboards directory its provider reads, the datasource at Prometheus.
+    mounted = mounts(grafana)
+    provisioning = mounted["/etc/grafana/provisioning"]
+    (provider,) = yaml.safe_load((provisioning / "dashboards" / "gms-relay.yml").read_text())["providers"]
+    dashboards = mounted[provider["options"]["path"]]
+    assert (dashboards / "gms-relay.json").is_file()
+    home = Path(grafana["environment"]["GF_DASHBOARDS_DEFAULT_HOME_DASHBOARD_PATH"])
+    assert mounted[str(home.parent)] / home.name == dashboards / "gms-relay.json"
+    (source,) = yaml.safe_load((provisioning / "datasources" / "prometheus.yml").read_text())["datasources"]
+    port = prometheus["ports"][0].rsplit(":", 1)[1]
+    assert source["url"] == f"http://prometheus:{port}"
+    assert grafana["depends_on"] == {"prometheus": {"condition": "service_healthy"}}
+    # Neither has a reason to be reachable from outside the host; Prometheus has no authentication.
+    for service in (prometheus, grafana):
+        assert all(p.startswith("127.0.0.1:") for p in service["ports"])
+    assert "GF_SECURITY_ADMIN_PASSWORD" in " ".join(grafana["entrypoint"]), (
+        "Grafana never starts on admin/admin"
+    )
 
 
 @pytest.mark.skipif(importlib.util.find_spec("check_jsonschema") is None, reason="check-jsonschema missing")
