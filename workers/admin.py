@@ -1,10 +1,16 @@
-"""Operator commands on dead-lettered webhook deliveries (RQ's failed registry)."""
+"""Operator commands on dead-lettered webhook deliveries (RQ's failed registry).
+
+An operator runs these by hand, often while something is already wrong: when Redis cannot be reached
+they say so in one line naming REDIS_URL and exit 1, instead of a traceback.
+"""
 
 from __future__ import annotations
 
 import sys
+from collections.abc import Callable
 
 import redis
+from redis.exceptions import RedisError
 from rq import Queue
 from rq.job import Job
 from rq.registry import FailedJobRegistry
@@ -12,7 +18,7 @@ from rq.serializers import JSONSerializer
 
 from shared import keys
 from shared.settings import Settings
-from workers.context import WorkerContext
+from workers.context import WorkerContext, redis_location
 
 
 def _registries(connection: redis.Redis) -> list[FailedJobRegistry]:
@@ -22,13 +28,26 @@ def _registries(connection: redis.Redis) -> list[FailedJobRegistry]:
     ]
 
 
+def _reporting_redis_errors(settings: Settings, command: Callable[[], int]) -> int:
+    try:
+        return command()
+    except (RedisError, OSError) as exc:
+        detail = " ".join(str(exc).split()) or type(exc).__name__
+        location = redis_location(settings.redis_url)
+        print(f"gms-relay: cannot reach Redis at {location} (REDIS_URL): {detail}", file=sys.stderr)
+        return 1
+
+
 def requeue_failed(settings: Settings, job_ids: list[str], all_jobs: bool) -> int:
     """Send dead-lettered jobs again (same job id, so the same webhook-id)."""
     if not job_ids and not all_jobs:
         print("give JOB_IDs or --all", file=sys.stderr)
         return 2
-    connection = redis.Redis.from_url(settings.redis_url)
-    wanted = set(job_ids)
+    return _reporting_redis_errors(settings, lambda: _requeue(settings, set(job_ids), all_jobs))
+
+
+def _requeue(settings: Settings, wanted: set[str], all_jobs: bool) -> int:
+    connection = redis.Redis.from_url(settings.redis_url, socket_connect_timeout=2, socket_timeout=5)
     requeued = 0
     for registry in _registries(connection):
         for job_id in registry.get_job_ids():
@@ -46,6 +65,13 @@ def requeue_failed(settings: Settings, job_ids: list[str], all_jobs: bool) -> in
 def skip_failed(settings: Settings, job_ids: list[str]) -> int:
     """Give up on dead-lettered deliveries: drop each and start the next delivery of its chat."""
     context = WorkerContext.build(settings)
+    try:
+        return _reporting_redis_errors(settings, lambda: _skip(context, job_ids))
+    finally:
+        context.close()
+
+
+def _skip(context: WorkerContext, job_ids: list[str]) -> int:
     registry = _registries(context.redis)[keys.QUEUES.index(keys.WEBHOOK_QUEUE)]
     missing = []
     for job_id in job_ids:
@@ -59,5 +85,4 @@ def skip_failed(settings: Settings, job_ids: list[str]) -> int:
         print(f"skipped {job_id}")
     if missing:
         print(f"not in the failed registry: {' '.join(missing)}", file=sys.stderr)
-    context.close()
     return 1 if missing else 0

@@ -7,12 +7,15 @@ that component uses; none of them gets the context back.
 
 from __future__ import annotations
 
+import logging
 import os
 import threading
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
+from urllib.parse import urlsplit
 
 import redis
+from redis.exceptions import RedisError
 
 from shared.errors import ConfigError
 from shared.gms import ChatApi
@@ -25,6 +28,17 @@ from workers.transitions import Transitions
 from workers.watcher import Watcher
 from workers.webhook_send import Sinks
 from workers.webhooks import WebhookDispatcher
+
+log = logging.getLogger("gms_relay.worker")
+
+
+def redis_location(url: str) -> str:
+    """REDIS_URL as log lines and messages may show it: without its password."""
+    parts = urlsplit(url)
+    if parts.password is None:
+        return url
+    userinfo, _, host = parts.netloc.rpartition("@")
+    return parts._replace(netloc=f"{userinfo.partition(':')[0]}:***@{host}").geturl()
 
 
 @dataclass
@@ -51,7 +65,12 @@ class WorkerContext:
             self.watcher.join(5)
         self.pool.shutdown(wait=True)
         self.webhooks.close()  # lets in-flight deliveries finish
-        self.histograms.flush(self.redis)
+        try:
+            self.histograms.flush(self.redis)
+        except (RedisError, OSError) as exc:  # stopping while Redis is down: the rest still closes
+            log.warning(
+                "latency histograms not flushed: Redis unreachable", extra={"error": type(exc).__name__}
+            )
         self.gms.close()
         self.redis.close()
 

@@ -1,8 +1,9 @@
 """`gms-relay worker`: one non-forking RQ worker on all of the relay's queues, with the scheduler.
 
-RQ's work loop gives up on some Redis errors ("found an unhandled exception, quitting"); a Redis
-restart must not take the workers down with it, so the loop is restarted once Redis answers again.
-Only SIGTERM/SIGINT (RQ's warm shutdown: the current job finishes first) or `--burst` end the process.
+A worker may start before Redis does (compose, a host reboot) and Redis may restart under it: either
+way the worker waits for Redis, saying so in a log line, and then (re)starts RQ's work loop, which
+gives up on some Redis errors ("found an unhandled exception, quitting"). Only SIGTERM/SIGINT (RQ's
+warm shutdown: the current job finishes first) or `--burst` end the process.
 """
 
 from __future__ import annotations
@@ -10,6 +11,7 @@ from __future__ import annotations
 import logging
 import signal
 import threading
+import time
 
 import redis
 from redis.exceptions import RedisError
@@ -17,22 +19,29 @@ from rq.worker import DequeueStrategy
 
 from shared.logs import configure_logging
 from shared.settings import Settings
-from workers.context import WorkerContext, set_context
-from workers.rq_worker import relay_worker
+from workers.context import WorkerContext, redis_location, set_context
+from workers.rq_worker import RelayWorker, relay_worker
 
 log = logging.getLogger("gms_relay.worker")
+
+# While Redis stays down, repeat the waiting line this often (each retry is not worth a line).
+WAITING_LOG_EVERY_S = 30.0
 
 
 def run_worker(settings: Settings, burst: bool = False, name: str | None = None) -> int:
     configure_logging(settings.log_level)
     context = WorkerContext.build(settings)
-    context.start_watcher()
-    set_context(context)
-    connection = redis.Redis.from_url(settings.redis_url)
+    connection = redis.Redis.from_url(settings.redis_url, socket_connect_timeout=2)
     try:
+        # The watcher and RQ both need Redis from their first step: start them once it answers.
+        if not _wait_for_redis(connection, settings, "the worker starts once it answers"):
+            return 0
+        context.start_watcher()
+        set_context(context)
         while True:
-            worker = relay_worker(connection, name)
+            worker: RelayWorker | None = None
             try:
+                worker = relay_worker(connection, name)
                 worker.work(
                     burst=burst,
                     with_scheduler=True,
@@ -46,26 +55,40 @@ def run_worker(settings: Settings, burst: bool = False, name: str | None = None)
             if burst or getattr(worker, "_shutdown_requested_date", None) is not None:
                 return 0
             log.warning("RQ's work loop ended on an error; restarting it once Redis answers")
-            if not _wait_for_redis(connection, settings.redis_retry_cap_ms / 1000):
+            if not _wait_for_redis(connection, settings, "then RQ's work loop restarts"):
                 return 0
     finally:
         context.close()  # lets in-flight webhook deliveries finish
         log.info("worker stopped")
 
 
-def _wait_for_redis(connection: redis.Redis, cap_s: float) -> bool:
-    """Wait until Redis answers; False if asked to stop meanwhile."""
+def _wait_for_redis(connection: redis.Redis, settings: Settings, then: str) -> bool:
+    """Wait until Redis answers, with a capped backoff; False if asked to stop (SIGTERM/SIGINT) meanwhile.
+
+    The first failed attempt is logged at once, with REDIS_URL (no password) and what is next, then
+    every WAITING_LOG_EVERY_S while Redis stays down, so the wait is visible without flooding the log.
+    """
     stop = threading.Event()
     previous = {sig: signal.signal(sig, lambda *_: stop.set()) for sig in (signal.SIGTERM, signal.SIGINT)}
     try:
         delay = 0.1
+        logged_at: float | None = None
         while not stop.is_set():
             try:
                 connection.ping()
-                return True
-            except (RedisError, OSError):
+            except (RedisError, OSError) as exc:
+                if logged_at is None or time.monotonic() - logged_at >= WAITING_LOG_EVERY_S:
+                    log.warning(
+                        f"waiting for Redis at {redis_location(settings.redis_url)} (REDIS_URL); {then}",
+                        extra={"error": type(exc).__name__},
+                    )
+                    logged_at = time.monotonic()
                 stop.wait(delay)
-                delay = min(delay * 2, cap_s)
+                delay = min(delay * 2, settings.redis_retry_cap_ms / 1000)
+                continue
+            if logged_at is not None:
+                log.info("Redis answers", extra={"redis": redis_location(settings.redis_url)})
+            return True
         return False
     finally:
         for sig, handler in previous.items():
