@@ -167,6 +167,9 @@ def run_stack(args: argparse.Namespace) -> int:
                     str(args.dashboard_port),
                     "--bind",
                     "127.0.0.1",
+                    # Deleting a dead letter there would strand its chat's later deliveries; skip-failed
+                    # releases them.
+                    "--disable-delete",
                 ],
                 env,
             )

@@ -167,6 +167,10 @@ def test_up_rq_dashboard_shows_the_relays_workers_queues_and_jobs(tmp_path: Path
         assert dead_letter["exc_info"]  # the reason it was dead-lettered
         detail = dashboard.get(f"/data/job/{dead_letter['id']}.json")
         assert (detail["status"], detail["origin"]) == ("failed", keys.WEBHOOK_QUEUE)
+        # Deleting would strand the chat's later deliveries (only skip-failed releases them): disabled.
+        deleted = httpx.post(f"http://127.0.0.1:{dashboard_port}/job/{dead_letter['id']}/delete", timeout=10)
+        assert deleted.json() == {"status": "DISABLED"}
+        assert dead_letter["id"] in {job["id"] for job in dashboard.jobs(keys.WEBHOOK_QUEUE, "failed")}
         queues = {q["name"]: q for q in dashboard.get("/data/queues.json")["queues"]}
         assert set(queues) == set(keys.QUEUES)
         assert queues[keys.WEBHOOK_QUEUE]["failed_job_registry_count"] >= len(dead_letters)
