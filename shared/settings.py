@@ -109,6 +109,7 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
 _STR_FIELDS = ("redis_url", "gms_url", "gms_chat_service", "push_token", "api_token", "webhook_secret")
 _INT_FIELDS = tuple(name for name, kind in Settings.__annotations__.items() if kind == "int")
 _LOG_LEVELS = {"DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"}
+_REDIS_SCHEMES = ("redis://", "rediss://", "unix://")  # what redis-py's from_url accepts
 # Variables of earlier versions: refused with a pointer, so an upgrade never silently ignores them.
 _RETIRED_VARS = {
     "ENDED_TTL_S": "ended markers now live CHAT_STATE_TTL_S with the rest of a chat's state",
@@ -142,6 +143,15 @@ def _parse_seconds(name: str, raw: str) -> float:
     return value
 
 
+def _check_redis_url(url: str) -> None:
+    """redis-py would otherwise fail at the first command, deep in a traceback, in every process."""
+    if url.startswith(_REDIS_SCHEMES):
+        return
+    # A URL may carry a password: show the value only when it holds no credentials.
+    shown = repr(url) if "@" not in url else f"a URL with scheme {url.partition(':')[0]!r}"
+    raise ConfigError(f"REDIS_URL must start with {', '.join(_REDIS_SCHEMES)}; got {shown}")
+
+
 def load_settings(environ: Mapping[str, str]) -> Settings:
     """Build settings from an environment mapping; a bad value fails naming its variable."""
     values: dict[str, object] = {}
@@ -156,6 +166,8 @@ def load_settings(environ: Mapping[str, str]) -> Settings:
         raw = environ.get(field.upper(), "").strip()
         if raw:
             values[field] = _parse_int(field.upper(), raw)
+    if "redis_url" in values:
+        _check_redis_url(str(values["redis_url"]))
     urls = tuple(u.strip() for u in environ.get("WEBHOOK_URL", "").split(",") if u.strip())
     for url in urls:
         if not url.startswith(("http://", "https://")):

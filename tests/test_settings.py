@@ -86,3 +86,20 @@ def test_every_integer_setting_is_read_from_its_upper_cased_variable(field: str)
 def test_cross_field_rules_name_both_variables(env: dict[str, str], message: str) -> None:
     with pytest.raises(ConfigError, match=message):
         load_settings(env)
+
+
+@pytest.mark.parametrize("url", ["redis://localhost:6379/0", "rediss://h:6380", "unix:///tmp/redis.sock"])
+def test_redis_url_accepts_the_schemes_redis_py_connects_with(url: str) -> None:
+    assert load_settings({"REDIS_URL": url}).redis_url == url
+
+
+@pytest.mark.parametrize("url", ["garbage", "localhost:6379", "http://localhost:6379"])
+def test_redis_url_with_another_scheme_is_refused_naming_the_variable(url: str) -> None:
+    with pytest.raises(ConfigError, match=r"REDIS_URL must start with redis://, rediss://, unix://"):
+        load_settings({"REDIS_URL": url})
+
+
+def test_a_refused_redis_url_does_not_echo_its_password() -> None:
+    with pytest.raises(ConfigError) as refused:
+        load_settings({"REDIS_URL": "http://user:s3cret@redis:6379"})
+    assert "s3cret" not in refused.value.detail and "'http'" in refused.value.detail
