@@ -1,10 +1,9 @@
-"""Deployment files: docker-compose.yml, .env.example, Dockerfile and .dockerignore keep what the README
-promises.
+"""Deployment files: docker-compose.yml, Dockerfile and .dockerignore keep what the README promises.
 
 No Docker engine is needed: the compose file is read as YAML (skipped without PyYAML) and checked
 against the compose-spec schema when check-jsonschema is installed; commands are parsed by the CLI.
-Every setting of the README's configuration tables reaches the relay's processes with the relay's own
-default, and the `monitoring` profile mounts the files under deploy/ where its services read them.
+Every setting of the README's configuration tables reaches the ingress and the workers with the
+relay's own default, as `.env.example` lists it (the `monitoring` profile: test_monitoring.py).
 """
 
 from __future__ import annotations
@@ -102,11 +101,10 @@ def readme_settings() -> list[str]:
     """Every variable in the first column of the README's configuration tables (## Configuration)."""
     text = README.read_text()
     start = text.index("\n## Configuration")
-    section = text[start : text.index("\n## ", start + 1)]
-    names: list[str] = []
-    for line in section.splitlines():
-        if line.startswith("| `"):
-            names += re.findall(r"`([A-Z][A-Z0-9_]*)`", line.split("|")[1])
+    rows = [
+        line for line in text[start : text.index("\n## ", start + 1)].splitlines() if line.startswith("| `")
+    ]
+    names = [name for row in rows for name in re.findall(r"`([A-Z][A-Z0-9_]*)`", row.split("|")[1])]
     assert len(names) > 30, "the README's configuration tables moved"
     return names
 
@@ -116,43 +114,10 @@ def resolved(value: str, given: dict[str, str]) -> str:
 
     def one(match: re.Match[str]) -> str:
         body = _BODY.fullmatch(match["body"])
-        assert body, f"${{{match['body']}}}"
-        if given.get(body["var"]):
-            return given[body["var"]]
-        assert body["op"] == ":-", f"{body['var']} is required"
-        return body["rest"]
+        assert body and (given.get(body["var"]) or body["op"] == ":-"), f"${{{match['body']}}}"
+        return given.get(body["var"]) or body["rest"]
 
     return _INTERPOLATION.sub(one, value)
-
-
-def compose_defaults(service: dict[str, Any]) -> dict[str, str]:
-    """The `${VAR:-default}` defaults of a service's environment, by variable."""
-    defaults = {}
-    for body in (m["body"] for v in service["environment"].values() for m in _INTERPOLATION.finditer(str(v))):
-        var, _, default = body.partition(":-")
-        if not _REQUIRED.match(body):
-            defaults[var] = default
-    return defaults
-
-
-def env_example() -> dict[str, tuple[bool, str]]:
-    """`.env.example`'s variables: name -> (commented out, value)."""
-    found = {}
-    for line in ENV_EXAMPLE.read_text().splitlines():
-        match = _ENV_LINE.match(line)
-        if match:
-            found[match["var"]] = (match["commented"] is not None, match["value"])
-    return found
-
-
-def mounts(service: dict[str, Any]) -> dict[str, Path]:
-    """Bind mounts of a service: path in the container -> path in this repository."""
-    found = {}
-    for volume in service.get("volumes", []):
-        source, target, *_ = volume.split(":")
-        if source.startswith("./"):
-            found[target] = ROOT / source
-    return found
 
 
 def relay_services(services: dict[str, dict[str, Any]]) -> dict[str, dict[str, Any]]:
@@ -374,68 +339,23 @@ def test_compose_defaults_are_the_relays_own(services: dict[str, dict[str, Any]]
 def test_env_example_lists_every_variable_with_the_compose_default(
     services: dict[str, dict[str, Any]],
 ) -> None:
-    example = env_example()
+    lines = ENV_EXAMPLE.read_text().splitlines()
+    example = {m["var"]: (bool(m["commented"]), m["value"]) for m in map(_ENV_LINE.match, lines) if m}
     fixed = {var for var, value in services["worker"]["environment"].items() if "${" not in str(value)}
-    missing = [var for var in readme_settings() if var not in example and var not in fixed]
-    assert not missing, f".env.example does not list {missing}"
-    interpolated = {m["body"].partition(":")[0] for m in _INTERPOLATION.finditer(COMPOSE.read_text())}
-    assert interpolated - {"GMS_URL"} <= example.keys(), sorted(interpolated - example.keys())
-    assert set(example) <= interpolated, (
-        f"not used by the compose file: {sorted(set(example) - interpolated)}"
+    assert [var for var in readme_settings() if var not in example and var not in fixed] == []
+    bodies = [b for b in interpolations() if _BODY.fullmatch(b)]
+    assert set(example) == {b.partition(":")[0] for b in bodies}, (
+        "one line per variable the compose file reads"
     )
-    required = {m["var"] for m in map(_REQUIRED.match, interpolations()) if m}
-    for var in required:
-        assert var in example and not example[var][0], f"{var} is required: .env.example sets it"
-    defaults = {
-        var: default
-        for s in services.values()
-        if "environment" in s
-        for var, default in compose_defaults(s).items()
-    }
-    for var, (commented, value) in example.items():
-        if commented:
-            assert value == defaults[var], (
-                f".env.example says {var}={value}, the compose file {defaults[var]!r}"
+    for body in map(_BODY.fullmatch, bodies):
+        assert body
+        commented, value = example[body["var"]]
+        if body["op"] == ":?":
+            assert not commented, f"{body['var']} is required: .env.example sets it"
+        else:
+            assert not commented or value == body["rest"], (
+                f".env.example: {body['var']}={value}, compose {body[0]}"
             )
-
-
-def test_monitoring_profile_runs_prometheus_and_grafana_on_the_deploy_files(
-    services: dict[str, dict[str, Any]],
-) -> None:
-    yaml = pytest.importorskip("yaml")
-    prometheus, grafana = services["prometheus"], services["grafana"]
-    assert prometheus["profiles"] == grafana["profiles"] == ["monitoring"]
-    # Prometheus reads deploy/prometheus (scrape config and the rules it names).
-    config_in_container = next(a.split("=", 1)[1] for a in argv(prometheus) if a.startswith("--config.file="))
-    mounted = mounts(prometheus)
-    config = mounted[str(Path(config_in_container).parent)] / Path(config_in_container).name
-    assert config == ROOT / "deploy" / "prometheus" / "prometheus.yml"
-    scrape = yaml.safe_load(config.read_text())
-    assert all((config.parent / rules).is_file() for rules in scrape["rule_files"])
-    (job,) = scrape["scrape_configs"]
-    (discovery,) = job["dns_sd_configs"]
-    assert (
-        discovery["names"] == ["ingress"]
-        and discovery["port"] == parse_command("ingress", services["ingress"]).port
-    )
-    # Grafana: provisioning, the dashboards directory its provider reads, the datasource at Prometheus.
-    mounted = mounts(grafana)
-    provisioning = mounted["/etc/grafana/provisioning"]
-    (provider,) = yaml.safe_load((provisioning / "dashboards" / "gms-relay.yml").read_text())["providers"]
-    dashboards = mounted[provider["options"]["path"]]
-    assert (dashboards / "gms-relay.json").is_file()
-    home = Path(grafana["environment"]["GF_DASHBOARDS_DEFAULT_HOME_DASHBOARD_PATH"])
-    assert mounted[str(home.parent)] / home.name == dashboards / "gms-relay.json"
-    (source,) = yaml.safe_load((provisioning / "datasources" / "prometheus.yml").read_text())["datasources"]
-    port = prometheus["ports"][0].rsplit(":", 1)[1]
-    assert source["url"] == f"http://prometheus:{port}"
-    assert grafana["depends_on"] == {"prometheus": {"condition": "service_healthy"}}
-    # Neither has a reason to be reachable from outside the host; Prometheus has no authentication.
-    for service in (prometheus, grafana):
-        assert all(p.startswith("127.0.0.1:") for p in service["ports"])
-    assert "GF_SECURITY_ADMIN_PASSWORD" in " ".join(grafana["entrypoint"]), (
-        "Grafana never starts on admin/admin"
-    )
 
 
 @pytest.mark.skipif(importlib.util.find_spec("check_jsonschema") is None, reason="check-jsonschema missing")

@@ -1,5 +1,5 @@
-"""Monitoring files: deploy/prometheus (scrape config, alert rules and their unit tests) and
-deploy/grafana (the dashboard and its provisioning).
+"""Monitoring files: deploy/prometheus (scrape config, alert rules and their unit tests),
+deploy/grafana (the dashboard and its provisioning) and the compose profile `monitoring` that runs them.
 
 Tools nobody here wrote check them: promtool (Debian's `prometheus` package; `.ci/run` installs it)
 checks the config, the rules and every dashboard query, and runs the rules' unit tests. Every series
@@ -41,6 +41,7 @@ ROOT = Path(__file__).resolve().parent.parent
 PROMETHEUS = ROOT / "deploy" / "prometheus"
 GRAFANA = ROOT / "deploy" / "grafana"
 DASHBOARD = GRAFANA / "dashboards" / "gms-relay.json"
+COMPOSE = ROOT / "docker-compose.yml"
 GRID_COLUMNS = 24
 
 # Series Prometheus makes itself for every target, not the relay.
@@ -219,6 +220,42 @@ def test_the_dashboard_reads_the_provisioned_datasource() -> None:
         assert panel["targets"], panel["title"]
         for target in panel["targets"]:
             assert target["datasource"] == {"type": "prometheus", "uid": f"${{{variable['name']}}}"}
+
+
+def mounts(service: dict[str, Any]) -> dict[str, Path]:
+    """A compose service's bind mounts: path in the container -> path in this repository."""
+    pairs = (volume.split(":")[:2] for volume in service.get("volumes", []))
+    return {target: ROOT / source for source, target in pairs if source.startswith("./")}
+
+
+def test_the_monitoring_profile_runs_prometheus_and_grafana_on_these_files() -> None:
+    services = yaml.safe_load(COMPOSE.read_text())["services"]
+    prometheus, grafana = services["prometheus"], services["grafana"]
+    assert prometheus["profiles"] == grafana["profiles"] == ["monitoring"]
+    # Prometheus reads deploy/prometheus: the scrape config and the rules it names.
+    flag = next(Path(a.partition("=")[2]) for a in prometheus["command"] if a.startswith("--config.file="))
+    config = mounts(prometheus)[str(flag.parent)] / flag.name
+    assert config == PROMETHEUS / "prometheus.yml"
+    scrape = yaml.safe_load(config.read_text())
+    assert all((config.parent / rules).is_file() for rules in scrape["rule_files"])
+    ((discovery,),) = [job["dns_sd_configs"] for job in scrape["scrape_configs"]]
+    ingress = services["ingress"]["command"]
+    assert (
+        discovery["names"] == ["ingress"] and str(discovery["port"]) == ingress[ingress.index("--port") + 1]
+    )
+    # Grafana: its provisioning, the dashboards directory its provider reads, Prometheus as datasource.
+    mounted = mounts(grafana)
+    provisioning = mounted["/etc/grafana/provisioning"]
+    (provider,) = yaml.safe_load((provisioning / "dashboards" / "gms-relay.yml").read_text())["providers"]
+    assert mounted[provider["options"]["path"]] / DASHBOARD.name == DASHBOARD
+    home = Path(grafana["environment"]["GF_DASHBOARDS_DEFAULT_HOME_DASHBOARD_PATH"])
+    assert mounted[str(home.parent)] / home.name == DASHBOARD
+    (source,) = yaml.safe_load((provisioning / "datasources" / "prometheus.yml").read_text())["datasources"]
+    assert source["url"] == f"http://prometheus:{prometheus['ports'][0].rsplit(':', 1)[1]}"
+    assert grafana["depends_on"] == {"prometheus": {"condition": "service_healthy"}}
+    # Nothing here needs to be reachable from other hosts, and Prometheus has no authentication.
+    assert all(port.startswith("127.0.0.1:") for s in (prometheus, grafana) for port in s["ports"])
+    assert "GF_SECURITY_ADMIN_PASSWORD" in " ".join(grafana["entrypoint"]), "never admin/admin"
 
 
 @pytest.mark.skipif(importlib.util.find_spec("matplotlib") is None, reason="needs matplotlib (`bench`)")
