@@ -10,6 +10,8 @@ import msgspec
 
 # Attributes every LogRecord has; anything else came in through `extra=` and is emitted as a field.
 _STANDARD = set(logging.makeLogRecord({}).__dict__) | {"message", "asctime", "taskName"}
+# uvicorn passes `msg` again with ANSI colour codes for its own console formatter: noise in JSON.
+_DROPPED = {"color_message"}
 # Names that must never reach a log line, whoever passes them.
 _SECRET_NAMES = {"secureKey", "secure_key", "token", "secret", "password", "authorization"}
 
@@ -24,7 +26,7 @@ class JsonFormatter(logging.Formatter):
             "msg": record.getMessage(),
         }
         for name, value in record.__dict__.items():
-            if name not in _STANDARD and not name.startswith("_"):
+            if name not in _STANDARD and name not in _DROPPED and not name.startswith("_"):
                 entry[name] = "[redacted]" if name in _SECRET_NAMES else value
         if record.exc_info and record.exc_info[0] is not None:
             entry["exc_type"] = record.exc_info[0].__name__
