@@ -16,15 +16,36 @@ from simulator.scenario import ScenarioConfig, run_scenario
 from simulator.server import ChatServer
 
 
+class HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
+    """Every option's help ends with its default, except where the help says it in words (an unset
+    default, or one read from the environment: a token must not be printed by --help) and on flags."""
+
+    def _get_help_string(self, action: argparse.Action) -> str | None:
+        unstated = action.default is None or action.default is False or action.default == argparse.SUPPRESS
+        if unstated or "default" in (action.help or ""):
+            return action.help
+        return super()._get_help_string(action)
+
+
 def _parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="gms-simulator", description=__doc__)
+    # Named after the way operators run it; `python -m simulator` takes the same options.
+    p = argparse.ArgumentParser(
+        prog="gms-relay simulate",
+        description="Serve a simulated GMS Chat API (the relay's GMS_URL) and push chat traffic at a "
+        "relay, as GMS and Chat Server do; also `python -m simulator`.",
+        formatter_class=HelpFormatter,
+    )
     p.add_argument("--push-url", default="http://127.0.0.1:8080/push", help="the relay's customhttp URL")
     p.add_argument(
-        "--api-url", help="relay base URL for PUT /sessions (default: scheme and host of push-url)"
+        "--api-url", help="relay base URL for PUT /sessions (default: scheme and host of --push-url)"
     )
-    p.add_argument("--api-token", default=os.environ.get("API_TOKEN"), help="bearer token (env API_TOKEN)")
     p.add_argument(
-        "--push-token", default=os.environ.get("PUSH_TOKEN"), help="appended as ?token= (env PUSH_TOKEN)"
+        "--api-token", default=os.environ.get("API_TOKEN"), help="bearer token (default: $API_TOKEN)"
+    )
+    p.add_argument(
+        "--push-token",
+        default=os.environ.get("PUSH_TOKEN"),
+        help="appended to --push-url as ?token= (default: $PUSH_TOKEN)",
     )
     p.add_argument(
         "--chat-port", type=int, default=8090, help="port of the Chat API server (the relay's GMS_URL)"
@@ -32,11 +53,16 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--chat-host", default="127.0.0.1", help="address the Chat API server binds (0.0.0.0 in containers)"
     )
-    p.add_argument("--service", default="customer-support")
+    p.add_argument("--service", default="customer-support", help="Chat API v2 service of the chats")
     p.add_argument("--chats", type=int, default=10, help="concurrent chats")
     p.add_argument("--events", type=int, default=20, help="events per chat")
     p.add_argument("--rate", type=float, default=100.0, help="events per second over all chats (0: unpaced)")
-    p.add_argument("--mode", choices=("reliable", "payload", "wakeup", "mixed"), default="mixed")
+    p.add_argument(
+        "--mode",
+        choices=("reliable", "payload", "wakeup", "mixed"),
+        default="mixed",
+        help="push mode of the chats (mixed: each in turn)",
+    )
     p.add_argument("--resend-delay", type=float, default=15.0, help="seconds (flex-push-resend-delay)")
     p.add_argument("--resend-attempts", type=int, default=3, help="flex-push-resend-attempts")
     p.add_argument(
@@ -92,7 +118,14 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--settle", type=float, default=30.0, help="seconds to wait for acknowledgements at the end"
     )
-    p.add_argument("--seed", type=int)
+    p.add_argument(
+        "--stop-settle",
+        type=float,
+        default=1.0,
+        help="the settle wait once asked to stop (SIGINT/SIGTERM): the summary must come out before a "
+        "supervisor's stop timeout; pushes still unacknowledged are reported as unsettled",
+    )
+    p.add_argument("--seed", type=int, help="random seed, for a repeatable run (default: random)")
     p.add_argument("--forever", action="store_true", help="keep opening chats until interrupted")
     p.add_argument("--json", action="store_true", help="print the full report as JSON")
     return p
@@ -169,6 +202,9 @@ def main(argv: list[str] | None = None) -> int:
     stop = threading.Event()
 
     def interrupt(signum: int, frame: FrameType | None) -> None:
+        # Stop opening chats and adding events at once; the settle wait that follows is read after
+        # the drive loop ends, so shortening it here applies to this run.
+        config.settle_timeout_s = min(config.settle_timeout_s, args.stop_settle)
         stop.set()
 
     in_main = threading.current_thread() is threading.main_thread()
@@ -183,7 +219,7 @@ def main(argv: list[str] | None = None) -> int:
     finally:
         for sig, handler in previous.items():
             signal.signal(sig, handler)
-    print(report.to_json().decode() if args.json else summary(report))
+    print(report.to_json().decode() if args.json else summary(report), flush=True)
     return 0 if report.settled and report.totals.pushes_rejected == 0 else 1
 
 
