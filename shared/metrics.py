@@ -33,6 +33,9 @@ _HELP = {
     "webhook_deliveries_created": "webhook deliveries created",
     "payload_late": "payload events that arrived after their gap was skipped (acknowledged, not delivered)",
     "payload_gaps_skipped": "payload gaps given up on after PAYLOAD_GAP_WAIT_MS (their events never came)",
+    "webhook_sink_delivered": "webhook deliveries accepted, by sink (its index in WEBHOOK_URL)",
+    "webhook_sink_retried": "webhook attempts that failed and were scheduled again, by sink",
+    "webhook_sink_dead_lettered": "webhook deliveries dead-lettered (out of retries, or 410 Gone), by sink",
 }
 _HISTOGRAM_HELP = {
     "refresh": "Chat API Refresh calls, by outcome (ok, retry, fatal)",
@@ -93,6 +96,7 @@ def render(fields: dict[bytes, bytes], depths: dict[str, int]) -> str:
     """Prometheus text for the Redis-held counters, histograms and queue depths."""
     lines: list[str] = []
     hist: dict[str, dict[str, dict[str, float]]] = defaultdict(lambda: defaultdict(dict))
+    counters: dict[str, dict[str, float]] = defaultdict(dict)
     for raw_field, raw_value in sorted(fields.items()):
         field, value = raw_field.decode(), float(raw_value)
         if field.startswith("h:"):
@@ -100,10 +104,14 @@ def render(fields: dict[bytes, bytes], depths: dict[str, int]) -> str:
             name, labels = _labels(base)
             hist[name][labels][part] = value
             continue
-        metric = f"gms_relay_{field.replace('-', '_')}_total"
-        lines.append(f"# HELP {metric} {_HELP.get(field, field.replace('_', ' '))}")
+        name, labels = _labels(field)
+        counters[name][labels] = value
+    for name, counted in sorted(counters.items()):
+        metric = f"gms_relay_{name.replace('-', '_')}_total"
+        lines.append(f"# HELP {metric} {_HELP.get(name, name.replace('_', ' '))}")
         lines.append(f"# TYPE {metric} counter")
-        lines.append(f"{metric} {value:g}")
+        for labels, value in sorted(counted.items()):
+            lines.append(f"{metric}{{{labels}}} {value:g}" if labels else f"{metric} {value:g}")
     for name, series in sorted(hist.items()):
         metric = f"gms_relay_{name}_seconds"
         lines.append(f"# HELP {metric} {_HISTOGRAM_HELP.get(name, name.replace('_', ' '))}")

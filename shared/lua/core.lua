@@ -9,6 +9,12 @@ local function count(name, by)
   redis.call('HINCRBY', COUNTERS, name, by or 1)
 end
 
+-- A webhook outcome, in total and for its sink (rendered as gms_relay_webhook_sink_<what>{sink}).
+local function count_sink(what, sink)
+  count('webhook_' .. what)
+  count('webhook_sink_' .. what .. '{sink="' .. sink .. '"}')
+end
+
 -- A finite integer from an argument, else nil: tonumber alone lets 'nan' and 'inf' through, which
 -- would fail a later ZADD after earlier writes, or poison a stored ordering key.
 local function int(value)

@@ -26,5 +26,5 @@ end
 local inflight = keys.inflight(d[1], d[2])
 if redis.call('GET', inflight) ~= id then return 0 end
 redis.call('DEL', inflight)
-count('webhook_delivered')
+count_sink('delivered', d[1])
 return start_delivery(d[1], d[2], next_id, now_ms)

@@ -15,7 +15,7 @@ if gone then
   redis.call('HSET', dkey, 'dead', 1)
   redis.call('HSET', skey, 'disabled', now)
   redis.call('PEXPIRE', skey, CFG_OUTBOX_TTL_MS)
-  count('webhook_dead_lettered')
+  count_sink('dead_lettered', d[2])
   count('webhook_sink_disabled')
   return 'gone'
 end
@@ -37,9 +37,9 @@ redis.call('HINCRBY', dkey, 'attempts', 1)
 if not retry_at_ms then
   redis.call('ZREM', DELIVERIES, id)
   redis.call('HSET', dkey, 'dead', 1)
-  count('webhook_dead_lettered')
+  count_sink('dead_lettered', d[2])
   return 'dead'
 end
 redis.call('ZADD', DELIVERIES, retry_at_ms, id)
-count('webhook_retried')
+count_sink('retried', d[2])
 return 'retry'
