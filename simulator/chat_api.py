@@ -1,4 +1,4 @@
-"""Chat API v2 of the simulated GMS: Request Chat, Send, Refresh, Disconnect, with switchable faults.
+"""Chat API v2 of the simulated GMS: Request Chat, Send, typing, Refresh, Disconnect, with switchable faults.
 
 Every Refresh is recorded (key and alias used, outcome) so tests can prove the relay never used the
 CometD key, kept the latest alias, and how often it called. Like a GMS in front of several Chat Servers,
@@ -21,6 +21,7 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
 
+from simulator.agent import SCRIPTED_KEY, Agent
 from simulator.transcript import Chat, ChatStore, EventSpec, Mode
 
 KeyKind = Literal["rest", "cometd", "missing", "other"]
@@ -32,6 +33,8 @@ _BASE = "/genesys/2/chat/{service}"
 # The `errors[].code` of an alias rejection. Genesys documents no code for it; the simulator's own
 # codes are 100 (retry), 101 (bad request), 102 (session or credentials), 103 (agent disconnected).
 ALIAS_ERROR_CODE = 104
+# Chat API v2 typing actions and the events they add.
+_TYPING = {"startTyping": "TypingStarted", "stopTyping": "TypingStopped"}
 
 
 @dataclass
@@ -138,10 +141,17 @@ def _session(chat: Chat) -> dict[str, Any]:
 class ChatApi:
     """The Starlette app and the state it serves: `ChatApi(store, faults).app`."""
 
-    def __init__(self, store: ChatStore, faults: Faults | None = None, log: RefreshLog | None = None) -> None:
+    def __init__(
+        self,
+        store: ChatStore,
+        faults: Faults | None = None,
+        log: RefreshLog | None = None,
+        agent: Agent | None = None,
+    ) -> None:
         self.store = store
         self.faults = faults or Faults()
         self.log = log or RefreshLog()
+        self.agent = agent
         self.app = Starlette(
             routes=[
                 Route(_BASE, self.request_chat, methods=["POST"]),
@@ -150,14 +160,25 @@ class ChatApi:
         )
 
     async def request_chat(self, request: Request) -> Response:
+        """Request Chat. Pushes go to the device only when the chat app subscribed to customhttp push
+        (GCTI_Chat_PushSubscribe=true, GCTI_GMS_PushDeviceType=customhttp, a device id); unless the app
+        scripts its own agent (SCRIPTED_KEY), the simulated agent (if any) joins and answers."""
         params = await _params(request)
         user_data = {k[9:-1]: v for k, v in params.items() if k.startswith("userData[") and k.endswith("]")}
+        subscribed = _truthy(user_data.get("GCTI_Chat_PushSubscribe")) and (
+            user_data.get("GCTI_GMS_PushDeviceType", "").strip().lower() == "customhttp"
+        )
         chat = self.store.create_chat(
             service=request.path_params["service"],
             nickname=params.get("nickname") or "Customer",
-            device_id=user_data.get("GCTI_GMS_PushDeviceId", ""),
+            device_id=user_data.get("GCTI_GMS_PushDeviceId", "") if subscribed else "",
             mode=_mode(user_data),
+            user_data=user_data,
+            # Absent: the requestor is notified too (what the simulator always did).
+            notify_requestor=user_data.get("GCTI_GMS_NotifyRequestor", "true").strip().lower() != "false",
         )
+        if self.agent is not None and not _truthy(user_data.get(SCRIPTED_KEY)):
+            self.agent.join(chat)
         return _json({"statusCode": 0, **_session(chat), "chatEnded": False})
 
     async def chat_action(self, request: Request) -> Response:
@@ -173,6 +194,8 @@ class ChatApi:
             return _alias_error(kind)
         if action == "send":
             self.store.append(chat.chat_id, [_customer_message(params.get("message", ""))])
+        elif action in _TYPING:
+            self.store.append(chat.chat_id, [EventSpec(_TYPING[action], "customer")])
         elif action == "disconnect":
             self.store.end(chat.chat_id, who="customer")
         else:

@@ -13,6 +13,7 @@ from typing import Literal
 
 import httpx
 
+from simulator.agent import SCRIPTED_KEY
 from simulator.chat_api import ALIAS_ERROR_CODE, Faults
 from simulator.report import Report, build_report
 from simulator.sender import PushSender
@@ -106,8 +107,10 @@ def open_chat(
     mode: Mode,
     device_id: str,
     nickname: str = "Kim",
+    scripted: bool = True,
 ) -> dict[str, object]:
-    """Request Chat as a chat app does (GMS push userData); returns the Chat API response."""
+    """Request Chat as a chat app does (GMS push userData); returns the Chat API response. `scripted`:
+    the caller drives the agent's side itself, so the simulated agent stays out of this chat."""
     form = {
         "nickname": nickname,
         "userData[GCTI_Chat_PushSubscribe]": "true",
@@ -116,6 +119,8 @@ def open_chat(
         "userData[GCTI_GMS_PushResend]": str(mode == "reliable").lower(),
         "userData[GCTI_GMS_PushIncludePayload]": str(mode == "payload").lower(),
     }
+    if scripted:
+        form[f"userData[{SCRIPTED_KEY}]"] = "true"
     response = client.post(f"{chat_api_url}/genesys/2/chat/{service}", data=form)
     response.raise_for_status()
     body: dict[str, object] = response.json()

@@ -22,7 +22,7 @@ import httpx
 import msgspec
 
 from shared.clock import now_ms
-from simulator.transcript import Chat, ChatStore, Mode, PendingTrigger
+from simulator.transcript import Chat, ChatStore, Mode, PendingTrigger, pushed_events
 
 PushKind = Literal["trigger", "payload", "wakeup"]
 WAKEUP_TEXT = "dummy message"
@@ -191,8 +191,9 @@ class PushSender:
 
     def _on_events(self, chat: Chat, events: list[dict[str, Any]]) -> None:
         """Store listener (runs under the store lock): queue the pushes these events cause."""
-        if not chat.device_id:
-            return  # no push subscription
+        events = pushed_events(chat, events)
+        if not chat.device_id or not events:
+            return  # no push subscription, or only the customer's own events and it asked not to get them
         info = _ChatInfo(
             chat.chat_id,
             chat.mode,

@@ -5,10 +5,12 @@ from __future__ import annotations
 import threading
 import time
 from types import TracebackType
+from typing import Literal
 
 import uvicorn
 from starlette.types import ASGIApp
 
+from simulator.agent import Agent
 from simulator.chat_api import ChatApi, Faults, RefreshLog
 from simulator.transcript import ChatStore
 
@@ -73,7 +75,9 @@ class ThreadedServer:
 
 class ChatServer(ThreadedServer):
     """The simulated GMS Chat API: `server.store` (chats), `server.faults`, `server.log` (refreshes).
-    The store reads the per-batch part of `faults` (alias_switch, ahead_rate) as its noise."""
+    The store reads the per-batch part of `faults` (alias_switch, ahead_rate) as its noise.
+    `server.agent` joins and answers the chats a chat app requests without scripting them
+    (simulator/agent.py); `agent=None` leaves such chats without an agent."""
 
     def __init__(
         self,
@@ -82,13 +86,25 @@ class ChatServer(ThreadedServer):
         port: int = 0,
         store: ChatStore | None = None,
         faults: Faults | None = None,
+        agent: Agent | Literal["default"] | None = "default",
     ) -> None:
         self.store = store or ChatStore()
         self.faults = faults or Faults()
         self.store.noise = self.faults
         self.log = RefreshLog()
-        self.api = ChatApi(self.store, self.faults, self.log)
+        self.agent = Agent(self.store) if agent == "default" else agent
+        self.api = ChatApi(self.store, self.faults, self.log, self.agent)
         super().__init__(self.api.app, host=host, port=port)
+
+    def start(self) -> str:
+        if self.agent is not None:
+            self.agent.start()
+        return super().start()
+
+    def stop(self) -> None:
+        super().stop()
+        if self.agent is not None:
+            self.agent.stop()
 
     def __enter__(self) -> ChatServer:
         self.start()

@@ -79,6 +79,9 @@ class Chat:
     # A Refresh returned chatEnded: the client has the whole chat and Chat Server closes the session,
     # so triggers still in flight for it are never resent.
     end_seen: bool = False
+    user_data: dict[str, str] = field(default_factory=dict)  # as Request Chat received it
+    # userData GCTI_GMS_NotifyRequestor: whether the customer's own events are pushed to its device.
+    notify_requestor: bool = True
 
     @property
     def next_position(self) -> int:
@@ -106,6 +109,14 @@ class BatchNoise(Protocol):
     ahead_rate: float
 
     def roll(self, probability: float) -> bool: ...
+
+
+def pushed_events(chat: Chat, events: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """The events Chat Server pushes: with GCTI_GMS_NotifyRequestor=false not the customer's own
+    (its app knows what it sent), except its leaving, which ends the session."""
+    if chat.notify_requestor:
+        return events
+    return [e for e in events if e["from"].get("type") != "Client" or e["type"] == "ParticipantLeft"]
 
 
 def _copy_events(events: list[dict[str, Any]]) -> list[dict[str, Any]]:
@@ -143,6 +154,8 @@ class ChatStore:
         mode: Mode,
         flex_secure_key: bool = False,
         flex_app_dbid: bool = False,
+        user_data: dict[str, str] | None = None,
+        notify_requestor: bool = True,
     ) -> Chat:
         """Open a chat with the customer already joined. The join is not pushed: the requester knows."""
         alias = str(self._rng.randint(100, 999))
@@ -159,6 +172,8 @@ class ChatStore:
             flex_app_dbid=flex_app_dbid,
             nicknames={"customer": nickname, "agent": "Anna", "system": "system"},
             aliases=[alias],
+            user_data=dict(user_data or {}),
+            notify_requestor=notify_requestor,
         )
         with self._lock:
             self._chats[chat.chat_id] = chat
@@ -189,6 +204,7 @@ class ChatStore:
                 pending=[copy.copy(p) for p in chat.pending] if with_events else [],
                 nicknames=dict(chat.nicknames),
                 aliases=list(chat.aliases),
+                user_data=dict(chat.user_data),
             )
 
     def chat_ids(self) -> list[str]:
