@@ -5,9 +5,11 @@ Three servers take the same pre-generated bodies from the same client, in interl
   naive  a Starlette endpoint calling RQ `Queue.enqueue` (the design this project replaces),
   ours   the real ingress, started as `gms-relay ingress`.
 Targets (issue): ours p50 <= 1.3 x floor p50, ours rate >= 2 x naive rate, and with `--senders 4`
-each concurrent sender's p99 < 2 x the single-sender p99.
+each concurrent sender's p99 < 2 x the single-sender p99; with `--open-streams 500`, ours p50 with 500
+device event streams open <= 1.1 x ours p50 with none.
 
     python benchmarks/ingress.py [--requests 5000] [--rounds 3] [--senders 4 [--pace 500]] [--json out.json]
+        [--open-streams 500 [--stream-events 50]]
 """
 
 from __future__ import annotations
@@ -30,6 +32,11 @@ from types import FrameType  # noqa: E402
 from benchmarks.ingress_bench import stack  # noqa: E402
 from benchmarks.ingress_report import run_benchmark  # noqa: E402
 from benchmarks.ingress_servers import serve_baseline  # noqa: E402
+from benchmarks.ingress_streams import (  # noqa: E402
+    add_arguments,
+    configure_server_environment,
+    run_open_streams,
+)
 
 
 def _interrupt(signum: int, frame: FrameType | None) -> None:
@@ -50,15 +57,26 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         metavar="REQ_PER_S",
         help="with --senders: also compare K senders and 1 sender each sending at this rate",
     )
+    parser.add_argument(
+        "--interleave",
+        type=int,
+        default=0,
+        metavar="CHUNK",
+        help="within each round, alternate the targets every CHUNK requests (a connection each), so load "
+        "drift on a shared machine hits all alike; default 0: one target's requests after the other's",
+    )
     parser.add_argument("--seed", type=int, default=20240601, help="seed of the body generator")
     parser.add_argument("--json", type=Path, default=None, metavar="PATH", help="also write results here")
+    add_arguments(parser)
     # Internal: how the script starts the baseline servers in child processes.
     parser.add_argument("--serve", choices=("floor", "naive"), help=argparse.SUPPRESS)
     parser.add_argument("--port", type=int, help=argparse.SUPPRESS)
     parser.add_argument("--redis-url", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
-    if args.requests < 100 or args.rounds < 1 or args.warmup < 0 or args.senders < 1:
-        parser.error("need --requests >= 100, --rounds >= 1, --warmup >= 0, --senders >= 1")
+    if args.requests < 100 or args.rounds < 1 or args.warmup < 0 or args.senders < 1 or args.interleave < 0:
+        parser.error(
+            "need --requests >= 100, --rounds >= 1, --warmup >= 0, --senders >= 1, --interleave >= 0"
+        )
     return args
 
 
@@ -70,9 +88,12 @@ def main(argv: list[str] | None = None) -> int:
     signal.signal(signal.SIGINT, _interrupt)
     signal.signal(signal.SIGTERM, _interrupt)
     signal.signal(signal.SIGHUP, _interrupt)
+    configure_server_environment(args)
     try:
         with stack(args) as bench:
             results = run_benchmark(args, bench)
+            if args.open_streams:
+                results["open_streams"] = run_open_streams(args, bench)
     except KeyboardInterrupt:
         print("\ninterrupted; servers and redis-server stopped", file=sys.stderr)
         return 130

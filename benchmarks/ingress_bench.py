@@ -16,7 +16,7 @@ from pathlib import Path
 import redis
 
 from benchmarks.ingress_bodies import generate_bodies, http_request
-from benchmarks.ingress_client import send_sequence, sender_process
+from benchmarks.ingress_client import CpuProbe, send_interleaved, send_sequence, sender_process
 from benchmarks.ingress_servers import STOP_TIMEOUT_S, TARGETS, Server
 from benchmarks.ingress_stats import Run, summarize
 from shared.redis_server import RedisServer
@@ -34,14 +34,25 @@ class Bench:
     ) -> Run:
         self.flush.flushall()
         server = self.servers[target]
+        probe = self._probe(server)
+        return summarize(
+            target, *send_sequence(server.port, warmup, measured, probe=probe, pace_per_s=pace_per_s)
+        )
 
+    def run_interleaved(self, warmup: list[bytes], measured: list[bytes], chunk: int) -> dict[str, Run]:
+        """Every target in one pass, alternating every `chunk` requests (`--interleave`)."""
+        self.flush.flushall()
+        probes = {target: self._probe(server) for target, server in self.servers.items()}
+        ports = {target: server.port for target, server in self.servers.items()}
+        results = send_interleaved(ports, warmup, measured, chunk, probes)
+        return {target: summarize(target, *result) for target, result in results.items()}
+
+    def _probe(self, server: Server) -> CpuProbe:
         def probe() -> tuple[float, float]:
             cpu = self.flush.info("cpu")
             return process_cpu_s(server.process.pid), float(cpu["used_cpu_user"]) + float(cpu["used_cpu_sys"])
 
-        return summarize(
-            target, *send_sequence(server.port, warmup, measured, probe=probe, pace_per_s=pace_per_s)
-        )
+        return probe
 
     def run_senders(
         self, count: int, round_no: int, pace_per_s: float | None = None

@@ -70,10 +70,7 @@ def send_sequence(
     """
     client = Client(port)
     try:
-        for request in warmup:
-            status, reply = client.post(request)
-            if status != 200:
-                raise RuntimeError(f"warm-up request failed: {status} {reply[:200]!r}")
+        _warm_up(client, warmup)
         if barrier is not None:
             barrier.wait()
         latencies = [0] * len(measured)
@@ -102,10 +99,68 @@ def send_sequence(
             cpu = (server_s - before[0], redis_s - before[1], time.process_time() - before[2])
     finally:
         client.close()
-    outcomes: Counter[bytes] = Counter(
+    return latencies, elapsed_s, _outcomes(replies), cpu
+
+
+def send_interleaved(
+    ports: dict[str, int],
+    warmup: Sequence[bytes],
+    measured: Sequence[bytes],
+    chunk: int,
+    probes: dict[str, CpuProbe],
+) -> dict[str, tuple[list[int], float, Counter[bytes], tuple[float, float, float]]]:
+    """`send_sequence` against every target in one pass: a keep-alive connection each, the measured
+    requests in chunks of `chunk`, each chunk sent to every target in turn (who goes first rotates), so
+    drift in the machine's load hits all targets alike. Wall and CPU time are summed per target over its
+    chunks (the probes are read between chunks, outside the timed requests)."""
+    clients = {target: Client(port) for target, port in ports.items()}
+    targets = list(clients)
+    latencies = {t: [0] * len(measured) for t in targets}
+    replies: dict[str, list[tuple[int, bytes]]] = {t: [] for t in targets}
+    elapsed_s = dict.fromkeys(targets, 0.0)
+    cpu = {t: [0.0, 0.0, 0.0] for t in targets}
+    clock = time.perf_counter_ns
+    try:
+        for target in targets:
+            _warm_up(clients[target], warmup)
+        gc.collect()
+        gc.disable()  # the client's own collector must not land inside a timed request
+        try:
+            for k, start in enumerate(range(0, len(measured), chunk)):
+                for target in targets[k % len(targets) :] + targets[: k % len(targets)]:
+                    client, times, got = clients[target], latencies[target], replies[target]
+                    before = (*probes[target](), time.process_time())
+                    chunk_started = clock()
+                    for i in range(start, min(start + chunk, len(measured))):
+                        t0 = clock()
+                        got.append(client.post(measured[i]))
+                        times[i] = clock() - t0
+                    elapsed_s[target] += (clock() - chunk_started) / 1e9
+                    after = (*probes[target](), time.process_time())
+                    for j in range(3):
+                        cpu[target][j] += after[j] - before[j]
+        finally:
+            gc.enable()
+    finally:
+        for client in clients.values():
+            client.close()
+    return {
+        t: (latencies[t], elapsed_s[t], _outcomes(replies[t]), (cpu[t][0], cpu[t][1], cpu[t][2]))
+        for t in targets
+    }
+
+
+def _warm_up(client: Client, warmup: Sequence[bytes]) -> None:
+    for request in warmup:
+        status, reply = client.post(request)
+        if status != 200:
+            raise RuntimeError(f"warm-up request failed: {status} {reply[:200]!r}")
+
+
+def _outcomes(replies: list[tuple[int, bytes]]) -> Counter[bytes]:
+    return Counter(
         reply if status == 200 else f"HTTP {status} ".encode() + reply[:80] for status, reply in replies
     )
-    return latencies, elapsed_s, outcomes, cpu
 
 
 def sender_process(

@@ -31,9 +31,10 @@ def run_benchmark(args: argparse.Namespace, bench: Bench) -> dict[str, Any]:
     warmup, measured = requests[: args.warmup], requests[args.warmup :]
     measured_bytes = [len(b) for b in bodies[args.warmup :]]
     cpus = os.cpu_count() or 1
+    how = f", the targets alternating every {args.interleave} requests" if args.interleave else ""
     print(
         f"gms-push-relay ingress benchmark: {args.requests} requests x {args.rounds} rounds "
-        f"(+{args.warmup} warm-up), 1 sequential keep-alive sender, {cpus} CPUs, "
+        f"(+{args.warmup} warm-up), 1 sequential keep-alive sender{how}, {cpus} CPUs, "
         f"Python {platform.python_version()}"
     )
     print(
@@ -47,8 +48,9 @@ def run_benchmark(args: argparse.Namespace, bench: Bench) -> dict[str, Any]:
     for round_no in range(args.rounds):
         # Interleave the targets, and rotate who goes first, so drift in machine load hits all alike.
         order = TARGETS[round_no % 3 :] + TARGETS[: round_no % 3]
+        interleaved = bench.run_interleaved(warmup, measured, args.interleave) if args.interleave else {}
         for target in order:
-            run = bench.run_one(target, warmup, measured)
+            run = interleaved.get(target) or bench.run_one(target, warmup, measured)
             per_target[target].append(run)
             bad = f"  ({run.non_200} non-200!)" if run.non_200 else ""
             print(
