@@ -16,7 +16,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from urllib.parse import urlsplit
 
+from redis.exceptions import RedisError
+
 from shared import keys
+from shared.redis_clients import describe, primary_url
+from shared.settings import Settings
 
 
 @dataclass(frozen=True)
@@ -31,6 +35,19 @@ class BannerInfo:
     status_interval_s: float = 0.0
     simulator: str | None = None  # what the simulator does, when it runs
     generated: dict[str, str] = field(default_factory=dict)  # demo secrets made up for this run
+    redis_described: str | None = None  # with REDIS_SENTINELS: the Sentinels, and redis_url the primary
+
+
+def banner_redis(settings: Settings) -> tuple[str, str | None]:
+    """BannerInfo's `redis_url` and `redis_described`: with REDIS_SENTINELS, the primary they name now
+    (the pasted commands go there: redis-cli cannot ask Sentinel) and the Sentinels, else REDIS_URL."""
+    if not settings.redis_sentinels:
+        return settings.redis_url, None
+    try:
+        url = primary_url(settings)
+    except (RedisError, OSError):  # no Sentinel answers yet: the workers wait and say so in their logs
+        url = settings.redis_url
+    return url, describe(settings)
 
 
 def _python() -> str:
@@ -75,7 +92,9 @@ def banner(info: BannerInfo) -> str:
     ]
     if info.dashboard_url:
         lines.append(f"  dashboard  {info.dashboard_url}   (rq-dashboard: queues, workers, dead letters)")
-    if info.embedded_data_dir:
+    if info.redis_described:
+        redis = f"{info.redis_described}, primary now at {_without_password(info.redis_url)}"
+    elif info.embedded_data_dir:
         redis = f"embedded Redis at {info.redis_url} (data and append-only file in {info.embedded_data_dir})"
     else:
         redis = f"{_without_password(info.redis_url)} (REDIS_URL)"

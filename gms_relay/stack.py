@@ -26,8 +26,9 @@ from pathlib import Path
 from typing import NamedTuple
 
 import httpx
+import msgspec
 
-from gms_relay.banner import BannerInfo, banner
+from gms_relay.banner import BannerInfo, banner, banner_redis
 from gms_relay.demo import demo_env, simulator_summary
 from gms_relay.ports import bind_problem
 from gms_relay.status import StatusReader
@@ -292,13 +293,16 @@ def run_stack(args: argparse.Namespace) -> int:
     simulator: Child | None = None
     _say(f"gms-relay: starting (logs in {log_dir}/)")
     try:
-        if not env.get("REDIS_URL"):
+        # With REDIS_SENTINELS the Sentinels name the Redis: none is embedded, and every child (it gets
+        # this environment) asks them for the primary.
+        if not env.get("REDIS_URL") and not settings.redis_sentinels:
             redis_server = RedisServer(
                 data_dir.resolve() / "redis", log_file=fresh_log(log_dir / "redis.log")
             )
             redis_server.start()
             stack.redis = redis_server
             env["REDIS_URL"] = redis_server.url
+            settings = msgspec.structs.replace(settings, redis_url=redis_server.url)
         if args.simulate:
             receiver = stack.start(
                 "receiver",
@@ -318,8 +322,8 @@ def run_stack(args: argparse.Namespace) -> int:
                     sys.executable,
                     "-m",
                     "gms_relay.dashboard",  # rq-dashboard reading the relay's JSON jobs, workers' too
-                    "--redis-url",
-                    env["REDIS_URL"],
+                    "--redis-url",  # with REDIS_SENTINELS the launcher asks the Sentinels instead
+                    settings.redis_url,
                     "--port",
                     str(args.dashboard_port),
                     "--bind",
@@ -353,9 +357,11 @@ def run_stack(args: argparse.Namespace) -> int:
                 env,
             )
         names = [c.name for c in stack.children]
+        redis_url, redis_described = banner_redis(settings)
         info = BannerInfo(
             ingress_url=base,
-            redis_url=env["REDIS_URL"],
+            redis_url=redis_url,
+            redis_described=redis_described,
             embedded_data_dir=data_dir / "redis" if stack.redis else None,
             log_dir=log_dir,
             log_names=[f"{name}.log" for name in names] + (["redis.log"] if stack.redis else []),
@@ -369,7 +375,7 @@ def run_stack(args: argparse.Namespace) -> int:
         )
         _say(banner(info))
         if args.status_interval > 0:
-            status = StatusReader(env["REDIS_URL"], f"{base}/metrics")
+            status = StatusReader(settings, f"{base}/metrics")
         return _supervise(stack, stop, status, args.status_interval)
     except StartupFailed as exc:
         _say(f"gms-relay: {exc}", error=True)

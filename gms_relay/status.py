@@ -12,6 +12,8 @@ import redis
 from prometheus_client.parser import text_string_to_metric_families
 
 from shared import keys
+from shared.redis_clients import no_retry, sync_client
+from shared.settings import Settings
 
 # The statuses of a 200 reply to POST /push (README, HTTP API); every other outcome of the ingress's
 # gms_relay_pushes_total is an error code, i.e. a push that was refused and stored nowhere.
@@ -49,9 +51,10 @@ def _pushes(client: httpx.Client, metrics_url: str) -> tuple[int | None, int | N
 class StatusReader:
     """Reads the figures from Redis (shared by every worker) and the ingress's /metrics."""
 
-    def __init__(self, redis_url: str, metrics_url: str) -> None:
-        self._redis = redis.Redis.from_url(
-            redis_url, socket_timeout=_TIMEOUT_S, socket_connect_timeout=_TIMEOUT_S
+    def __init__(self, settings: Settings, metrics_url: str) -> None:
+        # One attempt per line: the next line, a few seconds later, is the retry (also to a new primary).
+        self._redis = sync_client(
+            settings, socket_timeout=_TIMEOUT_S, socket_connect_timeout=_TIMEOUT_S, retry=no_retry()
         )
         self._http = httpx.Client(timeout=_TIMEOUT_S)
         self._metrics_url = metrics_url

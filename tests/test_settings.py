@@ -103,3 +103,77 @@ def test_a_refused_redis_url_does_not_echo_its_password() -> None:
     with pytest.raises(ConfigError) as refused:
         load_settings({"REDIS_URL": "http://user:s3cret@redis:6379"})
     assert "s3cret" not in refused.value.detail and "'http'" in refused.value.detail
+
+
+def test_sentinel_and_acknowledgement_defaults_are_the_contracts() -> None:
+    settings = load_settings({})
+    assert settings.redis_sentinels == () and settings.redis_sentinel_master == "mymaster"
+    assert settings.redis_sentinel_password is None
+    assert settings.ingress_ack == "stored" and settings.replica_ack_timeout_ms == 50
+
+
+@pytest.mark.parametrize(
+    ("raw", "parsed"),
+    [
+        ("sentinel-1:26379", (("sentinel-1", 26379),)),
+        (
+            " 10.0.0.1:26379 , 10.0.0.2:26380,[::1]:26381 ",
+            (("10.0.0.1", 26379), ("10.0.0.2", 26380), ("::1", 26381)),
+        ),
+    ],
+)
+def test_redis_sentinels_are_comma_separated_host_port_pairs(
+    raw: str, parsed: tuple[tuple[str, int], ...]
+) -> None:
+    settings = load_settings(
+        {"REDIS_SENTINELS": raw, "REDIS_SENTINEL_MASTER": "relay", "REDIS_SENTINEL_PASSWORD": "s3"}
+    )
+    assert settings.redis_sentinels == parsed
+    assert (settings.redis_sentinel_master, settings.redis_sentinel_password) == ("relay", "s3")
+
+
+@pytest.mark.parametrize(
+    ("raw", "message"),
+    [
+        ("sentinel-1", r"entries are host:port .*26379.*'sentinel-1'"),
+        (":26379", r"entries are host:port"),
+        ("[::1]", r"entries are host:port"),
+        ("::1:26379", r"entries are host:port"),  # IPv6 needs brackets
+        ("sentinel-1:", r"'sentinel-1:' has no valid port"),
+        ("sentinel-1:port", r"has no valid port"),
+        ("sentinel-1:70000", r"has no valid port \(1-65535\)"),
+        ("a:1,,b:2", r"entry 2 is empty"),
+        ("a:1,a:1", r"names 'a:1' twice"),
+    ],
+)
+def test_a_malformed_sentinel_list_is_refused_saying_what_is_wrong(raw: str, message: str) -> None:
+    with pytest.raises(ConfigError, match=f"REDIS_SENTINELS.*{message}"):
+        load_settings({"REDIS_SENTINELS": raw})
+
+
+def test_sentinels_need_a_tcp_redis_url_for_the_password_and_db() -> None:
+    with pytest.raises(ConfigError, match=r"REDIS_URL is a unix:// socket but REDIS_SENTINELS is set"):
+        load_settings({"REDIS_SENTINELS": "s:26379", "REDIS_URL": "unix:///tmp/redis.sock"})
+    settings = load_settings({"REDIS_SENTINELS": "s:26379", "REDIS_URL": "rediss://:pw@ignored/2"})
+    assert settings.redis_url == "rediss://:pw@ignored/2"
+
+
+@pytest.mark.parametrize("value", ["stored", "replicated", "replicated+fsynced", " Replicated "])
+def test_ingress_ack_levels(value: str) -> None:
+    assert load_settings({"INGRESS_ACK": value}).ingress_ack == value.strip().lower()
+
+
+@pytest.mark.parametrize("value", ["fsynced", "all", "1"])
+def test_an_unknown_ingress_ack_level_is_refused_listing_the_levels(value: str) -> None:
+    with pytest.raises(
+        ConfigError, match=r"INGRESS_ACK must be one of stored, replicated, replicated\+fsynced"
+    ):
+        load_settings({"INGRESS_ACK": value})
+
+
+def test_the_replica_wait_stays_inside_the_ingress_deadline() -> None:
+    assert load_settings({"REPLICA_ACK_TIMEOUT_MS": "150"}).replica_ack_timeout_ms == 150
+    with pytest.raises(ConfigError, match=r"REPLICA_ACK_TIMEOUT_MS \(151\) must not exceed 150"):
+        load_settings({"REPLICA_ACK_TIMEOUT_MS": "151"})
+    with pytest.raises(ConfigError, match="REPLICA_ACK_TIMEOUT_MS must be positive"):
+        load_settings({"REPLICA_ACK_TIMEOUT_MS": "0"})  # WAIT 1 0 would block forever

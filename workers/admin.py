@@ -1,7 +1,7 @@
 """Operator commands on dead-lettered webhook deliveries (RQ's failed registry).
 
 An operator runs these by hand, often while something is already wrong: when Redis cannot be reached
-they say so in one line naming REDIS_URL and exit 1, instead of a traceback.
+they say so in one line naming REDIS_URL (or REDIS_SENTINELS) and exit 1, instead of a traceback.
 """
 
 from __future__ import annotations
@@ -17,8 +17,9 @@ from rq.registry import FailedJobRegistry
 from rq.serializers import JSONSerializer
 
 from shared import keys
+from shared.redis_clients import describe, sync_client
 from shared.settings import Settings
-from workers.context import WorkerContext, redis_location
+from workers.context import WorkerContext
 
 
 def _registries(connection: redis.Redis) -> list[FailedJobRegistry]:
@@ -33,8 +34,7 @@ def _reporting_redis_errors(settings: Settings, command: Callable[[], int]) -> i
         return command()
     except (RedisError, OSError) as exc:
         detail = " ".join(str(exc).split()) or type(exc).__name__
-        location = redis_location(settings.redis_url)
-        print(f"gms-relay: cannot reach Redis at {location} (REDIS_URL): {detail}", file=sys.stderr)
+        print(f"gms-relay: cannot reach Redis at {describe(settings)}: {detail}", file=sys.stderr)
         return 1
 
 
@@ -47,14 +47,17 @@ def requeue_failed(settings: Settings, job_ids: list[str], all_jobs: bool) -> in
 
 
 def _requeue(settings: Settings, wanted: set[str], all_jobs: bool) -> int:
-    connection = redis.Redis.from_url(settings.redis_url, socket_connect_timeout=2, socket_timeout=5)
+    connection = sync_client(settings, socket_connect_timeout=2, socket_timeout=5)
     requeued = 0
-    for registry in _registries(connection):
-        for job_id in registry.get_job_ids():
-            if all_jobs or job_id in wanted:
-                registry.requeue(job_id)
-                wanted.discard(job_id)
-                requeued += 1
+    try:
+        for registry in _registries(connection):
+            for job_id in registry.get_job_ids():
+                if all_jobs or job_id in wanted:
+                    registry.requeue(job_id)
+                    wanted.discard(job_id)
+                    requeued += 1
+    finally:
+        connection.close()  # with Sentinel, its connections to the Sentinels too
     print(f"requeued {requeued} job(s)")
     if wanted:
         print(f"not in the failed registry: {' '.join(sorted(wanted))}", file=sys.stderr)

@@ -12,7 +12,6 @@ import os
 import threading
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
-from urllib.parse import urlsplit
 
 import redis
 from redis.exceptions import RedisError
@@ -21,6 +20,7 @@ from shared.errors import ConfigError
 from shared.gms import ChatApi
 from shared.ids import IdSource
 from shared.metrics import Histograms
+from shared.redis_clients import PrimaryWatch, sync_client
 from shared.scripts import Scripts, ScriptSources
 from shared.settings import Settings, load_settings
 from workers.refresh import Refresher
@@ -30,15 +30,6 @@ from workers.webhook_send import Sinks
 from workers.webhooks import WebhookDispatcher
 
 log = logging.getLogger("gms_relay.worker")
-
-
-def redis_location(url: str) -> str:
-    """REDIS_URL as log lines and messages may show it: without its password."""
-    parts = urlsplit(url)
-    if parts.password is None:
-        return url
-    userinfo, _, host = parts.netloc.rpartition("@")
-    return parts._replace(netloc=f"{userinfo.partition(':')[0]}:***@{host}").geturl()
 
 
 @dataclass
@@ -54,15 +45,19 @@ class WorkerContext:
     transitions: Transitions
     webhooks: WebhookDispatcher
     watcher: Watcher
+    primary_watch: PrimaryWatch  # with Sentinel: follows a moved primary (RQ's connection is added)
 
     def start_watcher(self) -> None:
         if not self.watcher.is_alive():
             self.watcher.start()
+        if not self.primary_watch.is_alive():
+            self.primary_watch.start()
 
     def close(self) -> None:
         if self.watcher.is_alive():
             self.watcher.stop()
             self.watcher.join(5)
+        self.primary_watch.stop()
         self.pool.shutdown(wait=True)
         self.webhooks.close()  # lets in-flight deliveries finish
         try:
@@ -78,9 +73,7 @@ class WorkerContext:
     def build(cls, settings: Settings) -> WorkerContext:
         if not settings.gms_url:
             raise ConfigError("GMS_URL is required by workers (base URL of the GMS cluster)")
-        client = redis.Redis.from_url(
-            settings.redis_url, socket_timeout=5, socket_connect_timeout=2, health_check_interval=30
-        )
+        client = sync_client(settings, socket_timeout=5, socket_connect_timeout=2, health_check_interval=30)
         scripts = ScriptSources.build(settings).register(client)
         ids = IdSource()
         histograms = Histograms()
@@ -98,6 +91,7 @@ class WorkerContext:
             transitions=Transitions(scripts, ids, settings),
             webhooks=webhooks,
             watcher=Watcher(client, scripts, ids, webhooks.pump, histograms, settings),
+            primary_watch=PrimaryWatch(settings, [client]),
         )
 
 

@@ -18,8 +18,9 @@ from redis.exceptions import RedisError
 from rq.worker import DequeueStrategy
 
 from shared.logs import configure_logging
+from shared.redis_clients import describe, sync_client
 from shared.settings import Settings
-from workers.context import WorkerContext, redis_location, set_context
+from workers.context import WorkerContext, set_context
 from workers.rq_worker import RelayWorker, relay_worker
 
 log = logging.getLogger("gms_relay.worker")
@@ -31,7 +32,10 @@ WAITING_LOG_EVERY_S = 30.0
 def run_worker(settings: Settings, burst: bool = False, name: str | None = None) -> int:
     configure_logging(settings.log_level)
     context = WorkerContext.build(settings)
-    connection = redis.Redis.from_url(settings.redis_url, socket_connect_timeout=2)
+    # RQ's own connection (its BLPOP, registrations, and the scheduler, which rebuilds a pool from this
+    # one's class and options: with Sentinel its connections still ask the Sentinels for the primary).
+    connection = sync_client(settings, socket_connect_timeout=2)
+    context.primary_watch.clients.append(connection)
     try:
         # The watcher and RQ both need Redis from their first step: start them once it answers.
         if not _wait_for_redis(connection, settings, "the worker starts once it answers"):
@@ -65,8 +69,9 @@ def run_worker(settings: Settings, burst: bool = False, name: str | None = None)
 def _wait_for_redis(connection: redis.Redis, settings: Settings, then: str) -> bool:
     """Wait until Redis answers, with a capped backoff; False if asked to stop (SIGTERM/SIGINT) meanwhile.
 
-    The first failed attempt is logged at once, with REDIS_URL (no password) and what is next, then
-    every WAITING_LOG_EVERY_S while Redis stays down, so the wait is visible without flooding the log.
+    The first failed attempt is logged at once, with REDIS_URL (no password) or the Sentinels, and what
+    is next, then every WAITING_LOG_EVERY_S while Redis stays down, so the wait is visible without
+    flooding the log.
     """
     stop = threading.Event()
     previous = {sig: signal.signal(sig, lambda *_: stop.set()) for sig in (signal.SIGTERM, signal.SIGINT)}
@@ -79,7 +84,7 @@ def _wait_for_redis(connection: redis.Redis, settings: Settings, then: str) -> b
             except (RedisError, OSError) as exc:
                 if logged_at is None or time.monotonic() - logged_at >= WAITING_LOG_EVERY_S:
                     log.warning(
-                        f"waiting for Redis at {redis_location(settings.redis_url)} (REDIS_URL); {then}",
+                        f"waiting for Redis at {describe(settings)}; {then}",
                         extra={"error": type(exc).__name__},
                     )
                     logged_at = time.monotonic()
@@ -87,7 +92,7 @@ def _wait_for_redis(connection: redis.Redis, settings: Settings, then: str) -> b
                 delay = min(delay * 2, settings.redis_retry_cap_ms / 1000)
                 continue
             if logged_at is not None:
-                log.info("Redis answers", extra={"redis": redis_location(settings.redis_url)})
+                log.info("Redis answers", extra={"redis": describe(settings)})
             return True
         return False
     finally:

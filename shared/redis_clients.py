@@ -1,0 +1,220 @@
+"""Every process's Redis clients, built in one place: from REDIS_URL, or through Redis Sentinel.
+
+With REDIS_SENTINELS set, a client asks the Sentinels for the current primary of
+REDIS_SENTINEL_MASTER each time it opens a connection (redis-py's SentinelConnectionPool), so a
+process follows the primary through a failover with no restart: a connection that breaks (the old
+primary died, or Sentinel killed the clients as it reconfigured it) or meets a READONLY reply (it
+reached a demoted primary) is dropped, and the next one goes wherever the Sentinels point now. The
+password, username, db and TLS of REDIS_URL still apply; its host and port are then unused. Scripts
+reload themselves on NOSCRIPT (the new primary's script cache starts empty).
+"""
+
+from __future__ import annotations
+
+import logging
+import socket
+import threading
+from typing import Any
+from urllib.parse import urlsplit
+
+import redis
+import redis.asyncio as aioredis
+from redis.asyncio.retry import Retry as AsyncRetry
+from redis.asyncio.sentinel import Sentinel as AsyncSentinel
+from redis.asyncio.sentinel import SentinelConnectionPool as AsyncSentinelConnectionPool
+from redis.backoff import EqualJitterBackoff, NoBackoff
+from redis.connection import SSLConnection, parse_url
+from redis.exceptions import RedisError
+from redis.retry import Retry
+from redis.sentinel import Sentinel, SentinelConnectionPool
+
+from shared.settings import Settings
+
+log = logging.getLogger("gms_relay.redis")
+
+# A command that loses its connection is retried on a fresh one for about 0.6-1.3 s (50 ms doubling
+# up to 500 ms, each jittered), and every retry's connect is itself retried so (redis-py nests the
+# two): a worker-side command rides out a restart or a promotion of up to several seconds, and fails
+# after ~10 s when Redis stays away (the worker's loop then waits for it, saying so).
+FAILOVER_RETRIES = 5
+FAILOVER_BACKOFF_BASE_S = 0.05
+FAILOVER_BACKOFF_CAP_S = 0.5
+
+
+# An idle or blocked connection (RQ's BLPOP waits minutes) to a primary whose host vanished gets no
+# reset: TCP keepalive probes notice it in ~8 s, so the command fails over instead of hanging.
+_KEEPALIVE = {
+    getattr(socket, name): value
+    for name, value in (("TCP_KEEPIDLE", 5), ("TCP_KEEPINTVL", 1), ("TCP_KEEPCNT", 3))
+    if hasattr(socket, name)
+}
+
+
+def failover_retry() -> Retry:
+    """The retry policy of worker-side clients (a new object each time: redis-py mutates its own)."""
+    return Retry(EqualJitterBackoff(FAILOVER_BACKOFF_CAP_S, FAILOVER_BACKOFF_BASE_S), FAILOVER_RETRIES)
+
+
+def no_retry() -> Retry:
+    """For callers that must answer at once (a status line, a health check): one attempt."""
+    return Retry(NoBackoff(), 0)
+
+
+class SentinelRedis(redis.Redis):
+    """A primary's client that, closed, also closes its connections to the Sentinels."""
+
+    def close(self) -> None:
+        super().close()
+        manager = getattr(self.connection_pool, "sentinel_manager", None)
+        if isinstance(manager, Sentinel):
+            manager.close()
+
+
+class AsyncSentinelRedis(aioredis.Redis):
+    """The asyncio twin of SentinelRedis."""
+
+    async def aclose(self, close_connection_pool: bool | None = None) -> None:
+        await super().aclose(close_connection_pool)
+        manager = getattr(self.connection_pool, "sentinel_manager", None)
+        if isinstance(manager, AsyncSentinel):
+            await manager.aclose()
+
+
+def _primary_kwargs(settings: Settings, opts: dict[str, Any]) -> dict[str, Any]:
+    """REDIS_URL's credentials, db and TLS (not its host), then the caller's options."""
+    parsed: dict[str, Any] = parse_url(settings.redis_url)  # type: ignore[no-untyped-call]
+    kwargs = {k: v for k, v in parsed.items() if k not in ("host", "port", "path")}
+    if kwargs.pop("connection_class", None) is SSLConnection:
+        kwargs["ssl"] = True  # SentinelConnectionPool picks its TLS connection class from this flag
+    return {**kwargs, **opts}
+
+
+def _sentinel_kwargs(settings: Settings, opts: dict[str, Any], retry: object) -> dict[str, Any]:
+    """The Sentinels are asked within the primary's own timeouts, once each: a Sentinel that does not
+    answer is skipped for the next one (redis-py asks them in turn), not retried."""
+    kwargs: dict[str, Any] = {"password": settings.redis_sentinel_password, "retry": retry}
+    for name in ("socket_timeout", "socket_connect_timeout"):
+        if opts.get(name) is not None:
+            kwargs[name] = opts[name]
+    return kwargs
+
+
+def sync_client(settings: Settings, **opts: Any) -> redis.Redis:
+    """A client of the primary: `opts` are redis-py connection options (timeouts, pool size, retry).
+    Without a `retry` it gets `failover_retry()`, and TCP keepalive probes unless told otherwise."""
+    opts.setdefault("retry", failover_retry())
+    if "socket_keepalive" not in opts:
+        opts.update(socket_keepalive=True, socket_keepalive_options=dict(_KEEPALIVE))
+    if not settings.redis_sentinels:
+        return redis.Redis.from_url(settings.redis_url, **opts)
+    sentinel = Sentinel(  # type: ignore[no-untyped-call]
+        list(settings.redis_sentinels), sentinel_kwargs=_sentinel_kwargs(settings, opts, no_retry())
+    )
+    client = sentinel.master_for(  # type: ignore[no-untyped-call]
+        settings.redis_sentinel_master, redis_class=SentinelRedis, **_primary_kwargs(settings, opts)
+    )
+    assert isinstance(client, SentinelRedis)
+    return client
+
+
+def async_client(settings: Settings, **opts: Any) -> aioredis.Redis:
+    """An asyncio client of the primary (the ingress's); `opts` as for `sync_client`, whose retry
+    default does not apply: the ingress answers 503 at once rather than retry on GMS's time."""
+    if not settings.redis_sentinels:
+        return aioredis.Redis.from_url(settings.redis_url, **opts)
+    sentinel = AsyncSentinel(  # type: ignore[no-untyped-call]
+        list(settings.redis_sentinels),
+        sentinel_kwargs=_sentinel_kwargs(settings, opts, AsyncRetry(NoBackoff(), 0)),
+    )
+    client = sentinel.master_for(
+        settings.redis_sentinel_master, redis_class=AsyncSentinelRedis, **_primary_kwargs(settings, opts)
+    )
+    assert isinstance(client, AsyncSentinelRedis)
+    return client
+
+
+def redis_location(url: str) -> str:
+    """A Redis URL as log lines and messages may show it: without its password."""
+    parts = urlsplit(url)
+    if parts.password is None:
+        return url
+    userinfo, _, host = parts.netloc.rpartition("@")
+    return parts._replace(netloc=f"{userinfo.partition(':')[0]}:***@{host}").geturl()
+
+
+def describe(settings: Settings) -> str:
+    """Where the processes look for Redis, naming the variable an operator would fix."""
+    if not settings.redis_sentinels:
+        return f"{redis_location(settings.redis_url)} (REDIS_URL)"
+    hosts = ",".join(f"[{h}]:{p}" if ":" in h else f"{h}:{p}" for h, p in settings.redis_sentinels)
+    return f"master {settings.redis_sentinel_master!r} of the Sentinels {hosts} (REDIS_SENTINELS)"
+
+
+def primary_url(settings: Settings) -> str:
+    """REDIS_URL pointed at the primary the Sentinels name now (for commands an operator pastes, such as
+    redis-cli's, that cannot ask Sentinel themselves); REDIS_URL itself without Sentinels."""
+    if not settings.redis_sentinels:
+        return settings.redis_url
+    timeouts = {"socket_timeout": 1, "socket_connect_timeout": 1}
+    with Sentinel(  # type: ignore[no-untyped-call]
+        list(settings.redis_sentinels), sentinel_kwargs=_sentinel_kwargs(settings, timeouts, no_retry())
+    ) as sentinel:
+        host, port = sentinel.discover_master(settings.redis_sentinel_master)
+    parts = urlsplit(settings.redis_url)
+    userinfo = parts.netloc.rpartition("@")[0]
+    netloc = f"[{host}]:{port}" if ":" in str(host) else f"{host}:{port}"
+    return parts._replace(netloc=f"{userinfo}@{netloc}" if userinfo else netloc).geturl()
+
+
+def follow_primary(client: redis.Redis) -> tuple[str, int] | None:
+    """Ask the Sentinels where the primary is now; if it moved, the client's idle connections are
+    dropped at once and busy ones when they come back to the pool (redis-py's SentinelConnectionPool
+    does both), so its next commands go to the new primary. None for a client without Sentinel."""
+    pool = client.connection_pool
+    if not isinstance(pool, SentinelConnectionPool):
+        return None
+    host, port = pool.get_master_address()  # type: ignore[no-untyped-call]
+    return str(host), int(port)
+
+
+async def afollow_primary(client: aioredis.Redis) -> tuple[str, int] | None:
+    """`follow_primary` for an asyncio client. Connections a caller holds outside the pool (the
+    ingress's) are its own to compare with the address returned."""
+    pool = client.connection_pool
+    if not isinstance(pool, AsyncSentinelConnectionPool):
+        return None
+    host, port = await pool.get_master_address()  # type: ignore[no-untyped-call]
+    return str(host), int(port)
+
+
+class PrimaryWatch(threading.Thread):
+    """A daemon thread that makes sync clients follow a moved primary within SENTINEL_CHECK_MS,
+    instead of when Sentinel demotes the old one (it does nothing without REDIS_SENTINELS)."""
+
+    def __init__(self, settings: Settings, clients: list[redis.Redis]) -> None:
+        super().__init__(name="primary-watch", daemon=True)
+        self.clients = clients
+        self.interval_s = settings.sentinel_check_ms / 1000
+        self.stopped = threading.Event()
+        self.enabled = bool(settings.redis_sentinels)
+
+    def start(self) -> None:
+        if self.enabled and self.ident is None:  # once, and only with Sentinel
+            super().start()
+
+    def run(self) -> None:
+        where: tuple[str, int] | None = None
+        while not self.stopped.wait(self.interval_s):
+            for client in self.clients:
+                try:
+                    now = follow_primary(client)
+                except (RedisError, OSError):
+                    continue  # no Sentinel answers: the clients' own retries report it
+                if now is not None and where is not None and now != where:
+                    log.warning("Redis primary moved", extra={"primary": f"{now[0]}:{now[1]}"})
+                where = now or where
+
+    def stop(self) -> None:
+        self.stopped.set()
+        if self.is_alive():
+            self.join(5)
