@@ -15,6 +15,8 @@ from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
 from ingress.auth import FailureThrottle, bearer_ok
+from ingress.device_streams import DeviceStreams
+from ingress.device_tokens_api import DeviceTokenRoutes
 from ingress.metrics import IngressMetrics, live_workers
 from ingress.push import PushEndpoint
 from ingress.replies import error_body
@@ -136,8 +138,11 @@ def create_app(settings: Settings, store: IngressStore | None = None) -> Any:
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
         yield
         await store.close()
+        await streams.close()
 
     sessions = SessionRoutes(store, throttle)
+    streams = DeviceStreams(settings)  # its own Redis connections: a stream never waits on /push's
+    tokens = DeviceTokenRoutes(settings, throttle)
     starlette = Starlette(
         routes=[
             Route("/livez", livez),
@@ -145,6 +150,8 @@ def create_app(settings: Settings, store: IngressStore | None = None) -> Any:
             Route("/readyz", readyz),
             Route("/metrics", metrics_endpoint),
             Route("/sessions/{session_id:path}", sessions.handle, methods=["PUT", "DELETE"]),
+            Route("/devices/{device_id}/events", streams.handle, methods=["GET"]),
+            Route("/devices/{device_id}/tokens", tokens.handle, methods=["POST"]),
         ],
         exception_handlers={
             RelayError: _relay_error,
