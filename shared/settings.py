@@ -18,6 +18,21 @@ DAY_S = 24 * 3600
 
 class Settings(msgspec.Struct, frozen=True, kw_only=True):
     redis_url: str = "redis://localhost:6379/0"
+    # Sentinel: when set, every client asks these (host, port) for the primary of the master named
+    # REDIS_SENTINEL_MASTER at each (re)connect, and follows it through a failover; REDIS_URL then
+    # gives only the password, username, db and TLS (shared/redis_clients.py).
+    redis_sentinels: tuple[tuple[str, int], ...] = ()
+    redis_sentinel_master: str = "mymaster"
+    redis_sentinel_password: str | None = None
+    # What a 200 from the ingress promises: `stored` (the primary holds the push), `replicated` (a
+    # replica confirmed it too, WAIT 1), `replicated+fsynced` (WAITAOF 1 1: in the append-only file of
+    # the primary and of a replica; Redis >= 7.2). Not confirmed within the timeout: 503, GMS resends.
+    ingress_ack: str = "stored"
+    replica_ack_timeout_ms: int = 50
+    # With Sentinel, each process asks this often whether the primary moved: after a planned failover
+    # the old primary keeps accepting writes from the clients still connected to it until Sentinel
+    # demotes it (on its next 10 s INFO round); a client that notices drops those connections itself.
+    sentinel_check_ms: int = 1000
     gms_url: str | None = None
     gms_chat_service: str = "customer-support"
     push_token: str | None = None
@@ -122,11 +137,15 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
 # Fields whose variable is not simply the upper-cased name, or whose value is not a positive integer.
 _STR_FIELDS = (
     "redis_url", "gms_url", "gms_chat_service", "push_token", "api_token", "webhook_secret",
-    "device_token_secret",
+    "redis_sentinel_master", "redis_sentinel_password", "device_token_secret",
 )  # fmt: skip
 _INT_FIELDS = tuple(name for name, kind in Settings.__annotations__.items() if kind == "int")
 _LOG_LEVELS = {"DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"}
 _REDIS_SCHEMES = ("redis://", "rediss://", "unix://")  # what redis-py's from_url accepts
+INGRESS_ACKS = ("stored", "replicated", "replicated+fsynced")
+# GMS must have its answer within 250 ms (contract), and the ingress bounds each Redis read at 200 ms:
+# the replica's confirmation has to arrive well inside that.
+REPLICA_ACK_TIMEOUT_MAX_MS = 150
 # Variables of earlier versions: refused with a pointer, so an upgrade never silently ignores them.
 _RETIRED_VARS = {
     "ENDED_TTL_S": "ended markers now live CHAT_STATE_TTL_S with the rest of a chat's state",
@@ -171,6 +190,31 @@ def _check_redis_url(url: str) -> None:
     raise ConfigError(f"REDIS_URL must start with {', '.join(_REDIS_SCHEMES)}; got {shown}")
 
 
+def _parse_sentinels(raw: str) -> tuple[tuple[str, int], ...]:
+    """`host:port,host:port` (an IPv6 host in brackets: `[::1]:26379`), each named once."""
+    found: list[tuple[str, int]] = []
+    for number, part in enumerate((p.strip() for p in raw.split(",")), start=1):
+        if not part:
+            raise ConfigError(f"REDIS_SENTINELS: entry {number} is empty (expected host:port,host:port)")
+        if part.startswith("["):
+            host, closed, rest = part[1:].partition("]")
+            sep, port = rest[:1], rest[1:]
+            ok = bool(closed) and sep == ":"
+        else:
+            host, sep, port = part.partition(":")
+            ok = sep == ":"
+        if not ok or not host:
+            raise ConfigError(
+                f"REDIS_SENTINELS entries are host:port (Sentinel's own port is usually 26379), got {part!r}"
+            )
+        if not port.isdigit() or not 0 < int(port) < 65536:
+            raise ConfigError(f"REDIS_SENTINELS: {part!r} has no valid port (1-65535)")
+        if (host, int(port)) in found:
+            raise ConfigError(f"REDIS_SENTINELS names {part!r} twice")
+        found.append((host, int(port)))
+    return tuple(found)
+
+
 def load_settings(environ: Mapping[str, str]) -> Settings:
     """Build settings from an environment mapping; a bad value fails naming its variable."""
     values: dict[str, object] = {}
@@ -187,6 +231,19 @@ def load_settings(environ: Mapping[str, str]) -> Settings:
             values[field] = _parse_int(field.upper(), raw)
     if "redis_url" in values:
         _check_redis_url(str(values["redis_url"]))
+    sentinels = environ.get("REDIS_SENTINELS", "").strip()
+    if sentinels:
+        values["redis_sentinels"] = _parse_sentinels(sentinels)
+        if str(values.get("redis_url", "")).startswith("unix://"):
+            raise ConfigError(
+                "REDIS_URL is a unix:// socket but REDIS_SENTINELS is set: Sentinel names the primary by "
+                "host and port; use redis://[:password@]host/db (its host is then unused)"
+            )
+    ack = environ.get("INGRESS_ACK", "").strip().lower()
+    if ack:
+        if ack not in INGRESS_ACKS:
+            raise ConfigError(f"INGRESS_ACK must be one of {', '.join(INGRESS_ACKS)}; got {ack!r}")
+        values["ingress_ack"] = ack
     urls = tuple(u.strip() for u in environ.get("WEBHOOK_URL", "").split(",") if u.strip())
     for url in urls:
         if not url.startswith(("http://", "https://")):
@@ -245,6 +302,11 @@ def _check_relations(settings: Settings) -> None:
         raise ConfigError(
             f"DRAIN_BUDGET_MS ({settings.drain_budget_ms}) must be below DRAIN_JOB_TIMEOUT_S "
             f"({settings.drain_job_timeout_s}) in ms: RQ would kill a drain that is still working"
+        )
+    if settings.replica_ack_timeout_ms > REPLICA_ACK_TIMEOUT_MAX_MS:
+        raise ConfigError(
+            f"REPLICA_ACK_TIMEOUT_MS ({settings.replica_ack_timeout_ms}) must not exceed "
+            f"{REPLICA_ACK_TIMEOUT_MAX_MS}: GMS waits for each answer, and the ingress answers within 250 ms"
         )
     if settings.webhook_keys_ttl_s < sum(settings.webhook_retry_schedule_s) * 1.2 + 60:
         raise ConfigError(
