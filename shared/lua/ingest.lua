@@ -16,11 +16,17 @@ local function queue_wakeup(text, job_id, now)
 end
 
 -- Record the push on its chat and make the chat due. `gen` lets a worker's commit see pushes that
--- arrived while it was refreshing.
-local function store_push(sid, device, fields, now, job_id)
+-- arrived while it was refreshing: `gen` is the stored one when the caller read it already (then one
+-- HSET writes it bumped), else nil (HINCRBY).
+local function store_push(sid, device, fields, now, job_id, gen)
   local skey = keys.session(sid)
-  redis.call('HSET', skey, unpack(fields))
-  redis.call('HINCRBY', skey, 'gen', 1)
+  if gen then
+    fields[#fields + 1] = 'gen'; fields[#fields + 1] = (tonumber(gen) or 0) + 1
+    redis.call('HSET', skey, unpack(fields))
+  else
+    redis.call('HSET', skey, unpack(fields))
+    redis.call('HINCRBY', skey, 'gen', 1)
+  end
   redis.call('PEXPIRE', skey, CFG_STATE_TTL_MS)
   redis.call('SET', keys.device(device), sid, 'PX', CFG_STATE_TTL_MS)
   mark_dirty(sid, now)

@@ -52,7 +52,7 @@ local fields = {'deviceId', device}
 if chat_ended then fields[#fields + 1] = 'end'; fields[#fields + 1] = 'chatEnded' end
 if alias ~= '' then fields[#fields + 1] = 'alias'; fields[#fields + 1] = alias end
 fields[#fields + 1] = 'mode'; fields[#fields + 1] = 'payload'
-local state = redis.call('HMGET', keys.session(sid), 'cursor', 'skipped')
+local state = redis.call('HMGET', keys.session(sid), 'cursor', 'skipped', 'gen')
 local cursor = tonumber(state[1] or '0')
 local staged_key = keys.staged(sid)
 local fresh, missed = 0, 0
@@ -76,5 +76,5 @@ redis.call('PEXPIRE', staged_key, CFG_STATE_TTL_MS)
 -- The push may fill a gap: due now, not when the gap's wait ends (a worker holding the chat sees
 -- the push through `gen` when it commits).
 if redis.call('EXISTS', keys.lease(sid)) == 0 then redis.call('ZADD', DIRTY, 'LT', now_ms, sid) end
-store_push(sid, device, fields, now_ms, job_id)
+store_push(sid, device, fields, now_ms, job_id, state[3] or '0')
 return outcome or 'queued'

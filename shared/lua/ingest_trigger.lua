@@ -13,7 +13,7 @@ if user_id ~= '' or secure_key ~= '' then
   redis.call('HSET', ckey, unpack(creds))
   redis.call('PEXPIRE', ckey, CFG_CREDS_TTL_MS)
 end
-local state = redis.call('HMGET', skey, 'cursor', 'alias_key', 'refused', 'aliases')
+local state = redis.call('HMGET', skey, 'cursor', 'alias_key', 'refused', 'aliases', 'gen')
 if position ~= -1 and position < tonumber(state[1] or '0') then
   -- Announces events that a refresh, started after this trigger was computed, already fetched (and
   -- its app-dbid is older than that refresh's alias).
@@ -37,5 +37,5 @@ if app_dbid ~= '' then fields[#fields + 1] = 'aliases'; fields[#fields + 1] = re
 if state[3] and redis.call('EXISTS', keys.lease(sid)) == 0 then
   redis.call('ZADD', DIRTY, 'LT', now_ms, sid)
 end
-store_push(sid, device, fields, now_ms, job_id)
+store_push(sid, device, fields, now_ms, job_id, state[5] or '0')
 return 'queued'
