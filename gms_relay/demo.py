@@ -21,13 +21,17 @@ def simulator_summary(log: Path) -> str | None:
 
 def demo_env(env: dict[str, str]) -> tuple[int, int, dict[str, str]]:
     """Ports of the simulated Chat API and the demo receiver, and the secrets made up for the demo
-    (what the operator already set is kept)."""
+    (what the operator already set is kept). DEMO=true serves the demo chat page at /demo, which
+    starts chats with POST /chats and reads them over device streams: both need DEVICE_TOKEN_SECRET
+    (made up too; nobody needs to see it, so it is not among those returned to print)."""
     chat_port, receiver_port = free_port(), free_port()
     demo = {
         "GMS_URL": f"http://127.0.0.1:{chat_port}",
         "API_TOKEN": secrets.token_urlsafe(16),
         "WEBHOOK_URL": f"http://127.0.0.1:{receiver_port}/webhook",
         "WEBHOOK_SECRET": "whsec_" + base64.b64encode(secrets.token_bytes(24)).decode(),
+        "DEVICE_TOKEN_SECRET": secrets.token_urlsafe(32),
+        "DEMO": "true",
     }
     generated = {}
     for name, value in demo.items():

@@ -15,6 +15,8 @@ from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
 from ingress.auth import FailureThrottle, bearer_ok
+from ingress.chats import ChatRoutes
+from ingress.demo import demo_routes
 from ingress.device_streams import DeviceStreams
 from ingress.device_tokens_api import DeviceTokenRoutes
 from ingress.metrics import IngressMetrics, live_workers
@@ -138,9 +140,11 @@ def create_app(settings: Settings, store: IngressStore | None = None) -> Any:
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
         yield
         await store.close()
+        await chats.aclose()
         await streams.close()
 
     sessions = SessionRoutes(store, throttle)
+    chats = ChatRoutes(store, throttle)  # POST /chats and the chat actions (device tokens)
     streams = DeviceStreams(settings)  # its own Redis connections: a stream never waits on /push's
     tokens = DeviceTokenRoutes(settings, throttle)
     starlette = Starlette(
@@ -150,6 +154,8 @@ def create_app(settings: Settings, store: IngressStore | None = None) -> Any:
             Route("/readyz", readyz),
             Route("/metrics", metrics_endpoint),
             Route("/sessions/{session_id:path}", sessions.handle, methods=["PUT", "DELETE"]),
+            *chats.routes(),
+            *demo_routes(settings),  # none unless DEMO=true
             Route("/devices/{device_id}/events", streams.handle, methods=["GET"]),
             Route("/devices/{device_id}/tokens", tokens.handle, methods=["POST"]),
         ],

@@ -40,6 +40,17 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
     webhook_urls: tuple[str, ...] = ()
     webhook_secret: str | None = None
     push_max_bytes: int = 65536
+    # POST /chats (GMS Request Chat with push built in) and the demo page. GCTI_GMS_NodeGroup is sent
+    # when set (GMS < 8.5.213.03 needs it). Without CHAT_START_TOKEN, POST /chats is public like GMS's
+    # own Request Chat, and each client address gets a token bucket: CHAT_START_BURST chats at once,
+    # refilled at CHAT_START_RATE_PER_MIN. CHAT_API_TIMEOUT_MS bounds each whole Chat API call the
+    # ingress makes (Request Chat, Send, typing, Disconnect); DEMO=true serves /demo.
+    gms_node_group: str | None = None
+    chat_start_token: str | None = None
+    chat_start_burst: int = 5
+    chat_start_rate_per_min: int = 10
+    chat_api_timeout_ms: int = 5000
+    demo: bool = False
     log_level: str = "INFO"
     # How long a chat's credentials (userId, secureKey) live without activity. They are secrets, so
     # they go first; 26 h outlives Chat Server's flex-push-timeout of the Genesys guide (86400 s).
@@ -259,6 +270,7 @@ def load_settings(environ: Mapping[str, str]) -> Settings:
         if not gms_url.startswith(("http://", "https://")):
             raise ConfigError(f"GMS_URL must be an http(s) URL, got {gms_url!r}")
         values["gms_url"] = gms_url.rstrip("/")
+    values.update(_chat_start_values(environ))
     level = str(values.get("log_level", "INFO")).upper()
     if level not in _LOG_LEVELS:
         raise ConfigError(f"LOG_LEVEL must be one of {sorted(_LOG_LEVELS)}, got {level!r}")
@@ -313,3 +325,24 @@ def _check_relations(settings: Settings) -> None:
             f"WEBHOOK_KEYS_TTL_S ({settings.webhook_keys_ttl_s}) must outlive the whole "
             "WEBHOOK_RETRY_SCHEDULE_S (with its 20% jitter): a delivery would expire while retried"
         )
+
+
+def _parse_bool(name: str, raw: str) -> bool:
+    value = raw.strip().lower()
+    if value not in ("true", "false"):
+        raise ConfigError(f"{name} must be true or false, got {raw.strip()!r}")
+    return value == "true"
+
+
+def _chat_start_values(environ: Mapping[str, str]) -> dict[str, object]:
+    """GMS_NODE_GROUP, CHAT_START_TOKEN (strings) and DEMO (a boolean); the integers are read with
+    every other integer."""
+    values: dict[str, object] = {}
+    for field in ("gms_node_group", "chat_start_token"):
+        raw = environ.get(field.upper(), "").strip()
+        if raw:
+            values[field] = raw
+    demo = environ.get("DEMO", "").strip()
+    if demo:
+        values["demo"] = _parse_bool("DEMO", demo)
+    return values
