@@ -55,7 +55,7 @@ _NAME = re.compile(r"[A-Za-z0-9_.\-]{1,64}")
 # The relay owns push: a client may not subscribe someone else's device, nor change how GMS pushes.
 _RESERVED = ("GCTI_Chat_Push", "GCTI_GMS_Push", "GCTI_GMS_NotifyRequestor", "GCTI_GMS_NodeGroup")
 # The chat actions and the Chat API v2 operation each one is forwarded as.
-_ACTIONS = {"messages": "send", "typing": "startTyping", "disconnect": "disconnect"}
+ACTIONS = {"messages": "send", "typing": "startTyping", "disconnect": "disconnect"}
 _ALIAS_TRIES = 3
 
 
@@ -266,7 +266,7 @@ class ChatRoutes:
 
     async def act(self, request: Request) -> Response:
         secret = self._secret()
-        operation = _ACTIONS.get(request.path_params["action"])
+        operation = ACTIONS.get(request.path_params["action"])
         if operation is None:
             raise HTTPException(404, "no such chat action")
         address = _address(request)
