@@ -49,6 +49,8 @@ READ_BATCH = 100
 READ_BLOCK_MS = 10_000
 READ_MARGIN_S = 5.0
 CONNECT_TIMEOUT_S = 1.0
+# How long the last, empty chunk of a stream that was cut short may wait for the client's socket.
+FINAL_SEND_S = 1.0
 # A client's resume point: a Redis stream id, `ms-seq` or `ms` alone (what this endpoint sends as `id:`).
 _STREAM_ID = re.compile(r"(\d{1,20})(?:-(\d{1,20}))?")
 _U64 = 2**64
@@ -193,9 +195,10 @@ class _EventStream(EventSourceResponse):
         finally:
             await self.on_close()
         if state["started"] and not state["ended"]:
-            # Cut short by server shutdown (sse-starlette cancels the stream): end the response
-            # properly, so the client sees a clean end and reconnects, and the server logs no error.
-            with contextlib.suppress(OSError, RuntimeError):
+            # Cut short (server shutdown, or a client too slow): end the response properly, so the
+            # client sees a clean end and reconnects, and the server logs no error. Bounded: a stalled
+            # client's socket takes nothing more, and then the server closes the connection.
+            with contextlib.suppress(OSError, RuntimeError), anyio.move_on_after(FINAL_SEND_S):
                 await send({"type": "http.response.body", "body": b"", "more_body": False})
 
 
@@ -258,6 +261,9 @@ class DeviceStreams:
         except (RedisError, OSError, TimeoutError):
             await close()
             return _json_error(503, "redis_unavailable", "Redis is unreachable")
+        except BaseException:
+            await close()  # the slot and the connection go back whatever happened
+            raise
         return _EventStream(
             self._events(reader, device_id, resume, cursor, entries, gap), close, self.settings
         )

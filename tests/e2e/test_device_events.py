@@ -53,6 +53,7 @@ def relay(
         API_TOKEN=API_TOKEN,
         DEVICE_TOKEN_SECRET=SECRET,
         SSE_SEND_TIMEOUT_S="600",  # the unread stream below stays open for the whole test
+        PUSH_MAX_BYTES="1100000",  # pushes of 10 events of 100 kB
     )
     with relay_processes(env, workers=1) as processes:
         yield processes
@@ -75,14 +76,14 @@ def test_pushes_reach_the_device_stream_live_and_a_stalled_reader_delays_nothing
     token = mint(relay, DEVICE)
     path = f"/devices/{DEVICE}/events?token={token}"
     stalled = stalled_stream(relay, path)
-    text = "x" * 4000  # 150 events of 4 kB: far beyond what the stalled client's buffers hold
-    sent = [event(i, text=f"{i} {text}") for i in range(1, 151)]
+    # 60 events of 100 kB, 6 MB: beyond what the socket buffers hold (loopback's grow to 4 MB).
+    sent = [event(i, text=f"{i} " + "x" * 100_000) for i in range(1, 61)]
     statuses: list[int] = []
     received: list[ServerSentEvent] = []
     with httpx.Client(timeout=30) as http, connect_sse(http, "GET", relay.base_url + path) as source:
         messages = source.iter_sse()
         pusher = threading.Thread(
-            target=lambda: statuses.extend(push(relay, sent[i : i + 10]) for i in range(0, 150, 10))
+            target=lambda: statuses.extend(push(relay, sent[i : i + 10]) for i in range(0, 60, 10))
         )
         pusher.start()
         for message in messages:
@@ -91,9 +92,9 @@ def test_pushes_reach_the_device_stream_live_and_a_stalled_reader_delays_nothing
                 break
         pusher.join(60)
     stalled.close()
-    assert statuses == [200] * 15  # GMS's pushes were answered while the stalled stream was stuck
+    assert statuses == [200] * 6  # GMS's pushes were answered while the stalled stream was stuck
     data = [json.loads(m.data) for m in received]
-    assert [d["index"] for d in data] == list(range(1, 151))  # every event once, in index order
+    assert [d["index"] for d in data] == list(range(1, 61))  # every event once, in index order
     assert all(d["type"] == "Message" and d["sessionId"] == "s-e2e" for d in data)
     assert [d["data"] for d in data] == sent  # the event JSON as GMS sent it
-    assert len({m.id for m in received}) == 150
+    assert len({m.id for m in received}) == 60

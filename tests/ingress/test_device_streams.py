@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import socket
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -23,6 +24,7 @@ import uvicorn
 from httpx_sse import ServerSentEvent, connect_sse
 from starlette.testclient import TestClient
 
+from ingress import openapi_devices
 from ingress.app import create_app
 from shared import device_tokens, keys
 from shared.redis_server import free_port
@@ -238,6 +240,27 @@ def test_limits_per_device_and_per_process_free_their_slots(serve: Serve, redis_
         pass
 
 
+def test_a_client_that_stops_reading_is_dropped_and_frees_its_slot(
+    serve: Serve, redis_client: redis.Redis
+) -> None:
+    base = serve(SSE_SEND_TIMEOUT_S="1", SSE_DEVICE_MAX_CONNECTIONS="1")
+    port = int(base.rsplit(":", 1)[1])
+    stalled = socket.socket()
+    stalled.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)  # before connecting: it sets the window
+    stalled.connect(("127.0.0.1", port))
+    headers = f"Host: t\r\nAuthorization: Bearer {token_for('d1')}"
+    stalled.sendall(f"GET /devices/d1/events HTTP/1.1\r\n{headers}\r\n\r\n".encode())
+    try:
+        assert stalled.recv(12) == b"HTTP/1.1 200"
+        assert status(base, "d1", token_for("d1")).status_code == 429  # its one slot is taken
+        for i in range(120):  # 6 MB: beyond what the socket buffers hold (loopback's grow to 4 MB)
+            add(redis_client, "d1", i, text="x" * 50_000)
+        # Its sends stall, then time out: the stream ends and the device may open another.
+        wait_for(lambda: status(base, "d1", token_for("d1")).status_code == 200, 30)
+    finally:
+        stalled.close()
+
+
 def test_minting_a_device_token(make_client: Callable[..., TestClient]) -> None:
     client = make_client(DEVICE_TOKEN_SECRET=SECRET, API_TOKEN=API_TOKEN, DEVICE_TOKEN_TTL_S="600")
     auth = {"Authorization": f"Bearer {API_TOKEN}"}
@@ -275,6 +298,22 @@ def test_tokens_never_reach_the_logs(
     # The relay's side only: the test's own HTTP client logs the URLs it requests.
     server_side = [r for r in caplog.records if not r.name.startswith(("httpx", "httpcore"))]
     assert server_side and not any(token[-20:] in r.getMessage() for r in server_side)
+
+
+def test_the_openapi_description_lists_what_the_endpoints_answer(make_settings: SettingsFactory) -> None:
+    on = openapi_devices.paths(make_settings(DEVICE_TOKEN_SECRET=SECRET, API_TOKEN=API_TOKEN))
+    off = openapi_devices.paths(make_settings())
+    assert set(on) == {"/devices/{deviceId}/events", "/devices/{deviceId}/tokens"}
+    assert all("Disabled here" in path["description"] for path in off.values())
+    assert not any("Disabled here" in path["description"] for path in on.values())
+    for path in on.values():
+        for operation in (v for k, v in path.items() if k in ("get", "post")):
+            statuses = {int(s) for s in operation["responses"] if not s.startswith("2")}
+            assert statuses <= set(openapi_devices.ERROR_CODES)
+    # The codes these tests see the endpoints answer are all listed.
+    for status, code in ((401, "unauthorized"), (403, "forbidden"), (429, "too_many_device_streams")):
+        assert code in openapi_devices.ERROR_CODES[status]
+    assert {"too_many_streams", "redis_unavailable"} <= set(openapi_devices.ERROR_CODES[503])
 
 
 def test_settings(make_settings: SettingsFactory) -> None:
