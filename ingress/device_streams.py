@@ -38,6 +38,7 @@ from starlette.types import Message, Receive, Scope, Send
 
 from ingress.replies import error_body
 from shared import device_tokens, keys
+from shared.redis_clients import async_client
 from shared.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -207,13 +208,13 @@ class DeviceStreams:
 
     def __init__(self, settings: Settings, client: aioredis.Redis | None = None) -> None:
         """`client`: whose connection pool the streams take their connections from (its own, not the
-        `/push` client's); by default one from REDIS_URL with the timeouts above."""
+        `/push` client's); by default one of the relay's primary with the timeouts above."""
         self.settings = settings
         self.secrets = (
             device_tokens.signing_keys(settings.device_token_secret) if settings.device_token_secret else ()
         )
-        self.client = client or aioredis.Redis.from_url(
-            settings.redis_url,
+        self.client = client or async_client(
+            settings,  # REDIS_URL, or the primary the Sentinels name (followed through a failover)
             max_connections=settings.sse_max_connections,
             socket_timeout=READ_BLOCK_MS / 1000 + READ_MARGIN_S,
             socket_connect_timeout=CONNECT_TIMEOUT_S,
