@@ -36,6 +36,8 @@ class BannerInfo:
     simulator: str | None = None  # what the simulator does, when it runs
     generated: dict[str, str] = field(default_factory=dict)  # demo secrets made up for this run
     redis_described: str | None = None  # with REDIS_SENTINELS: the Sentinels, and redis_url the primary
+    push_token: str | None = None  # generated for this run: shown, GMS's customhttp.url needs it
+    push_token_set: bool = True  # False: ALLOW_OPEN_PUSH=true, /push takes pushes from anyone
 
 
 def banner_redis(settings: Settings) -> tuple[str, str | None]:
@@ -86,9 +88,15 @@ def read_events_commands(redis_url: str) -> tuple[str, str]:
 
 def banner(info: BannerInfo) -> str:
     redis_cli, python = read_events_commands(info.redis_url)
+    if info.push_token:
+        push = f"{info.ingress_url}/push?token={info.push_token}   (GMS customhttp.url; PUSH_TOKEN made up"
+    elif info.push_token_set:
+        push = f"{info.ingress_url}/push?token=<PUSH_TOKEN>   (GMS customhttp.url; the token you set"
+    else:
+        push = f"{info.ingress_url}/push   (GMS customhttp.url; OPEN: ALLOW_OPEN_PUSH=true, no token"
     lines = [
         f"gms-relay: up, {info.workers} worker(s); Ctrl-C stops everything",
-        f"  push URL   {info.ingress_url}/push   (GMS customhttp.url; metrics at {info.ingress_url}/metrics)",
+        f"  push URL   {push}; metrics at {info.ingress_url}/metrics)",
     ]
     if info.dashboard_url:
         lines.append(f"  dashboard  {info.dashboard_url}   (rq-dashboard: queues, workers, dead letters)")

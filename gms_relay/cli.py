@@ -108,6 +108,12 @@ def build_parser() -> argparse.ArgumentParser:
 
     up = command("up", "run the whole stack on this machine (embedded Redis unless REDIS_URL is set)")
     up.add_argument("--workers", type=int, default=2, help="worker processes")
+    up.add_argument(
+        "--host",
+        default="127.0.0.1",
+        help="address the ingress listens on; 0.0.0.0 (every interface) lets a GMS on another machine "
+        "push, and is warned about",
+    )
     up.add_argument("--port", type=int, default=8080, help="port of the ingress (POST /push)")
     up.add_argument("--dashboard-port", type=int, default=9181, help="port of rq-dashboard (on 127.0.0.1)")
     up.add_argument("--no-dashboard", action="store_true", help="do not start rq-dashboard")

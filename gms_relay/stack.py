@@ -30,7 +30,8 @@ import msgspec
 
 from gms_relay.banner import BannerInfo, banner, banner_redis
 from gms_relay.demo import demo_env, simulator_summary
-from gms_relay.ports import bind_problem
+from gms_relay.exposure import connect_host, ensure_push_token, exposure_warning
+from gms_relay.ports import busy_ports
 from gms_relay.status import StatusReader
 from shared.redis_server import RedisServer, RedisServerError
 from shared.settings import Settings, load_settings
@@ -220,21 +221,6 @@ def _say(message: str, error: bool = False) -> None:
     print(message, file=sys.stderr if error else sys.stdout, flush=True)
 
 
-def _busy_ports(args: argparse.Namespace, dashboard: bool) -> list[str]:
-    """Checked before anything starts: a busy port is otherwise a child's log line and a stopped stack."""
-    problems = []
-    why = bind_problem("0.0.0.0", args.port)  # the ingress listens on every interface
-    if why:
-        problems.append(f"port {args.port} (ingress) is not available: {why}; choose another with --port")
-    why = bind_problem("127.0.0.1", args.dashboard_port) if dashboard else None
-    if why:
-        problems.append(
-            f"port {args.dashboard_port} (rq-dashboard) is not available: {why}; choose another with "
-            "--dashboard-port, or run without the dashboard: --no-dashboard"
-        )
-    return problems
-
-
 def _wait_ready(url: str, child: Child, stop: _StopRequest) -> None:
     deadline = time.monotonic() + READY_TIMEOUT_S
     while not stop.requested.is_set():
@@ -278,15 +264,20 @@ def run_stack(args: argparse.Namespace) -> int:
     env["PYTHONUNBUFFERED"] = "1"  # the children's prints reach their log files as they happen
     data_dir, log_dir = Path(args.data_dir), Path(args.data_dir) / "logs"
     chat_port, receiver_port, generated = demo_env(env) if args.simulate else (0, 0, {})
+    push_token = ensure_push_token(env)  # made up unless set (or ALLOW_OPEN_PUSH=true): the banner shows it
     if not env.get("GMS_URL"):
         _say("gms-relay: GMS_URL is required (or use --simulate)", error=True)
         return 2
     settings = load_settings(env)  # a bad variable is one message now, not N dying children
-    problems = _busy_ports(args, dashboard=not args.no_dashboard and _dashboard_available())
+    dashboard = not args.no_dashboard and _dashboard_available()
+    problems = busy_ports(args.host, args.port, args.dashboard_port if dashboard else None)
     for problem in problems:
         _say(f"gms-relay: {problem}", error=True)
     if problems:
         return 2
+    warning = exposure_warning(args.host, settings.push_token is not None)
+    if warning:
+        _say(f"gms-relay: {warning}", error=True)
     stop = _StopRequest()
     stack = Stack(log_dir=log_dir)
     status: StatusReader | None = None
@@ -312,10 +303,12 @@ def run_stack(args: argparse.Namespace) -> int:
             _wait_ready(f"http://127.0.0.1:{receiver_port}/livez", receiver, stop)
         for number in range(args.workers):
             stack.start(f"worker-{number + 1}", relay_command("worker"), env)
-        ingress = stack.start("ingress", relay_command("ingress", "--port", str(args.port)), env)
-        base = f"http://127.0.0.1:{args.port}"
+        ingress = stack.start(
+            "ingress", relay_command("ingress", "--host", args.host, "--port", str(args.port)), env
+        )
+        base = f"http://{connect_host(args.host)}:{args.port}"
         _wait_ready(f"{base}/readyz", ingress, stop)
-        if not args.no_dashboard and _dashboard_available():
+        if dashboard:
             stack.start(
                 "rq-dashboard",
                 [
@@ -372,6 +365,8 @@ def run_stack(args: argparse.Namespace) -> int:
             if args.simulate
             else None,
             generated=generated,
+            push_token=push_token,
+            push_token_set=settings.push_token is not None,
         )
         _say(banner(info))
         if args.status_interval > 0:

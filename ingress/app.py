@@ -14,7 +14,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
-from ingress.auth import FailureThrottle, bearer_ok
+from ingress.auth import OPEN_PUSH_WARNING, FailureThrottle, bearer_ok
 from ingress.chats import ChatRoutes
 from ingress.demo import demo_routes
 from ingress.device_streams import DeviceStreams
@@ -125,9 +125,13 @@ def create_app(settings: Settings, store: IngressStore | None = None) -> Any:
     async def livez(request: Request) -> Response:
         return JSONResponse({"status": "alive"})
 
+    ready = {"status": "ready"}
+    if settings.push_token is None and settings.allow_open_push:  # else the process refuses to start
+        ready["warning"] = OPEN_PUSH_WARNING
+
     async def readyz(request: Request) -> Response:
         if await store.ping():
-            return JSONResponse({"status": "ready"})
+            return JSONResponse(ready)
         return _json_error(503, "redis_unavailable", "Redis is unreachable")
 
     async def metrics_endpoint(request: Request) -> Response:

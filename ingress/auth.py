@@ -6,14 +6,28 @@ import base64
 import binascii
 import hmac
 import time
+from collections.abc import Sequence
 from urllib.parse import parse_qsl
 
+# One token, or the settings' list of them (rotation: PUSH_TOKEN=new,old accepts both).
+Accepted = str | Sequence[str]
+# Logged at start-up and shown by /readyz when the operator chose an open POST /push.
+OPEN_PUSH_WARNING = (
+    "ALLOW_OPEN_PUSH=true and no PUSH_TOKEN: POST /push accepts pushes from anyone who can reach it "
+    "(forged chat events); set PUSH_TOKEN unless only GMS can reach this port"
+)
 
-def _equal(given: str, expected: str) -> bool:
-    return hmac.compare_digest(given.encode(), expected.encode())
+
+def _equal(given: str, expected: Accepted) -> bool:
+    """Compared in constant time with every accepted token, with no early exit: the time taken does
+    not tell whether, or which, one matched."""
+    data, ok = given.encode(), False
+    for token in (expected,) if isinstance(expected, str) else expected:
+        ok |= hmac.compare_digest(data, token.encode())
+    return ok
 
 
-def push_token_ok(expected: str, query_string: bytes, authorization: str | None) -> bool:
+def push_token_ok(expected: Accepted, query_string: bytes, authorization: str | None) -> bool:
     """`?token=`, `Authorization: Bearer <token>`, or the basic-auth password; compared in constant time."""
     ok = False
     if authorization:
@@ -35,7 +49,7 @@ def push_token_ok(expected: str, query_string: bytes, authorization: str | None)
     return ok
 
 
-def bearer_ok(expected: str, authorization: str | None) -> bool:
+def bearer_ok(expected: Accepted, authorization: str | None) -> bool:
     scheme, _, value = (authorization or "").partition(" ")
     return scheme.lower() == "bearer" and _equal(value.strip(), expected)
 

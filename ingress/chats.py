@@ -174,7 +174,7 @@ class ChatRoutes:
             await self._gms.aclose()
             self._gms = None
 
-    def _secret(self) -> str:
+    def _secret(self) -> tuple[str, ...]:  # DEVICE_TOKEN_SECRET's list: the first signs, each verifies
         secret = self.settings.device_token_secret
         if secret is None:
             raise HTTPException(404, "chats are disabled (DEVICE_TOKEN_SECRET unset)")

@@ -43,13 +43,10 @@ _ENCODER = msgspec.json.Encoder()
 _DECODER = msgspec.json.Decoder(_Claims)
 
 
-def signing_keys(setting: str) -> tuple[str, ...]:
-    """The secrets a `DEVICE_TOKEN_SECRET` value holds, the signing one first.
-
-    Today the whole value is one secret. When the setting becomes a comma-separated list (rotation),
-    only this function changes: `issue` and `verify` already sign with the first and accept each.
-    """
-    return (setting,)
+def signing_keys(setting: str | Sequence[str]) -> tuple[str, ...]:
+    """The secrets a `DEVICE_TOKEN_SECRET` setting holds, the signing one first. Settings parses the
+    comma-separated list into a tuple (rotation); a single string is one whole secret."""
+    return (setting,) if isinstance(setting, str) else tuple(setting)
 
 
 def valid_device_id(device_id: str) -> bool:

@@ -7,6 +7,7 @@ here too, with their defaults, so that no module hides a number of its own.
 
 from __future__ import annotations
 
+import re
 from collections.abc import Mapping
 
 import msgspec
@@ -35,8 +36,14 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
     sentinel_check_ms: int = 1000
     gms_url: str | None = None
     gms_chat_service: str = "customer-support"
-    push_token: str | None = None
-    api_token: str | None = None
+    # PUSH_TOKEN, API_TOKEN and DEVICE_TOKEN_SECRET take a comma-separated list, so a secret rotates
+    # without downtime: every entry is accepted, the first signs new device tokens. None: unset.
+    push_token: tuple[str, ...] | None = None
+    api_token: tuple[str, ...] | None = None
+    # The ingress refuses to start without PUSH_TOKEN (ingress/server.py) unless this says so on purpose.
+    allow_open_push: bool = False
+    # Origins (scheme://host[:port], or `*`) whose pages may call the browser-facing endpoints.
+    cors_origins: tuple[str, ...] = ()
     webhook_urls: tuple[str, ...] = ()
     webhook_secret: str | None = None
     push_max_bytes: int = 65536
@@ -132,7 +139,7 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
     # Device streams (GET /devices/{deviceId}/events) and the device tokens that open them. Without a
     # secret, device streams and token minting answer 404. At least 16 characters: a token is signed
     # with it, and a short key could be brute-forced offline from any token a device holds.
-    device_token_secret: str | None = None
+    device_token_secret: tuple[str, ...] | None = None
     device_token_ttl_s: int = DAY_S
     # A `:` comment this often keeps idle streams open through proxies and lets clients see a dead link.
     sse_heartbeat_s: int = 15
@@ -147,12 +154,14 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
 
 # Fields whose variable is not simply the upper-cased name, or whose value is not a positive integer.
 _STR_FIELDS = (
-    "redis_url", "gms_url", "gms_chat_service", "push_token", "api_token", "webhook_secret",
-    "redis_sentinel_master", "redis_sentinel_password", "device_token_secret",
+    "redis_url", "gms_url", "gms_chat_service", "webhook_secret", "redis_sentinel_master",
+    "redis_sentinel_password",
 )  # fmt: skip
+_SECRET_LISTS = ("push_token", "api_token", "device_token_secret")  # comma-separated: rotation
 _INT_FIELDS = tuple(name for name, kind in Settings.__annotations__.items() if kind == "int")
 _LOG_LEVELS = {"DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"}
 _REDIS_SCHEMES = ("redis://", "rediss://", "unix://")  # what redis-py's from_url accepts
+_ORIGIN = re.compile(r"https?://[^/?#\s]+")  # what a browser sends as Origin: no path
 INGRESS_ACKS = ("stored", "replicated", "replicated+fsynced")
 # GMS must have its answer within 250 ms (contract), and the ingress bounds each Redis read at 200 ms:
 # the replica's confirmation has to arrive well inside that.
@@ -280,15 +289,43 @@ def load_settings(environ: Mapping[str, str]) -> Settings:
         from shared.signing import decode_secret
 
         decode_secret(secret)  # fail at start-up, not at the first delivery
-    device_secret = values.get("device_token_secret")
-    if isinstance(device_secret, str) and len(device_secret) < DEVICE_TOKEN_SECRET_MIN_CHARS:
-        raise ConfigError(
-            f"DEVICE_TOKEN_SECRET must be at least {DEVICE_TOKEN_SECRET_MIN_CHARS} characters "
-            f"(got {len(device_secret)}): device tokens are signed with it"
-        )
+    values.update(_security_values(environ))
     settings = Settings(**values)  # type: ignore[arg-type]
     _check_relations(settings)
     return settings
+
+
+def _security_values(environ: Mapping[str, str]) -> dict[str, object]:
+    """The secret lists, ALLOW_OPEN_PUSH and CORS_ORIGINS. A refused secret is never shown."""
+    values: dict[str, object] = {}
+    for field in _SECRET_LISTS:
+        raw = environ.get(field.upper(), "").strip()
+        if raw:
+            entries = tuple(part.strip() for part in raw.split(","))
+            if not all(entries):  # a stray comma: an empty entry would never match, say so
+                raise ConfigError(f"{field.upper()}: entry {entries.index('') + 1} of the list is empty")
+            values[field] = entries
+    device_secrets = values.get("device_token_secret", ())
+    for number, secret in enumerate(device_secrets if isinstance(device_secrets, tuple) else (), start=1):
+        if len(secret) < DEVICE_TOKEN_SECRET_MIN_CHARS:
+            raise ConfigError(
+                f"DEVICE_TOKEN_SECRET must be at least {DEVICE_TOKEN_SECRET_MIN_CHARS} characters "
+                f"(entry {number} has {len(secret)}): device tokens are signed with it"
+            )
+    allow = environ.get("ALLOW_OPEN_PUSH", "").strip().lower()
+    if allow:
+        if allow not in ("true", "false"):
+            raise ConfigError(f"ALLOW_OPEN_PUSH must be true or false, got {allow!r}")
+        values["allow_open_push"] = allow == "true"
+    origins = tuple(o.strip() for o in environ.get("CORS_ORIGINS", "").split(",") if o.strip())
+    for origin in origins:
+        if origin != "*" and not _ORIGIN.fullmatch(origin):
+            raise ConfigError(
+                f"CORS_ORIGINS entries are origins such as https://app.example.com (scheme, host, "
+                f"optional port; no path or trailing slash) or *, got {origin!r}"
+            )
+    values["cors_origins"] = origins
+    return values
 
 
 def _check_relations(settings: Settings) -> None:

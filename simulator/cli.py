@@ -44,8 +44,9 @@ def _parser() -> argparse.ArgumentParser:
     )
     p.add_argument(
         "--push-token",
-        default=os.environ.get("PUSH_TOKEN"),
-        help="appended to --push-url as ?token= (default: $PUSH_TOKEN)",
+        # A rotation list (PUSH_TOKEN=new,old) is accepted whole by the relay: send its first, the newest.
+        default=os.environ.get("PUSH_TOKEN", "").split(",")[0].strip() or None,
+        help="appended to --push-url as ?token= (default: $PUSH_TOKEN, its first entry)",
     )
     p.add_argument(
         "--chat-port", type=int, default=8090, help="port of the Chat API server (the relay's GMS_URL)"

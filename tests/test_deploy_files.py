@@ -192,8 +192,8 @@ def test_required_variables(services: dict[str, dict[str, Any]]) -> None:
     dashboard_env = services["rq-dashboard"]["environment"]
     for var in ("RQ_DASHBOARD_USERNAME", "RQ_DASHBOARD_PASSWORD"):
         assert dashboard_env[var].startswith(f"${{{var}:?"), "every dashboard endpoint needs basic auth"
-    # Optional in the contract: never required, so a bare `GMS_URL=... docker compose up` works.
-    for var in ("PUSH_TOKEN", "API_TOKEN", "WEBHOOK_URL", "WEBHOOK_SECRET", "PUSH_MAX_BYTES", "LOG_LEVEL"):
+    # Optional in the contract: never required (PUSH_TOKEN is: tests/test_deploy_security.py).
+    for var in ("API_TOKEN", "WEBHOOK_URL", "WEBHOOK_SECRET", "PUSH_MAX_BYTES", "LOG_LEVEL"):
         assert f"${{{var}:?" not in COMPOSE.read_text(), var
 
 
@@ -330,7 +330,7 @@ def test_every_documented_setting_reaches_the_ingress_and_the_workers(
 
 def test_compose_defaults_are_the_relays_own(services: dict[str, dict[str, Any]]) -> None:
     """With only the required variables set, the processes run with exactly the relay's defaults."""
-    given = {"GMS_URL": "http://gms.example:8080"}
+    given = {"GMS_URL": "http://gms.example:8080", "PUSH_TOKEN": "a-push-token"}
     env = {var: resolved(str(value), given) for var, value in services["worker"]["environment"].items()}
     assert env["REDIS_URL"] == "redis://redis:6379/0"
     compose, relay = load_settings(env), load_settings({"REDIS_URL": env["REDIS_URL"], **given})

@@ -177,3 +177,48 @@ def test_the_replica_wait_stays_inside_the_ingress_deadline() -> None:
         load_settings({"REPLICA_ACK_TIMEOUT_MS": "151"})
     with pytest.raises(ConfigError, match="REPLICA_ACK_TIMEOUT_MS must be positive"):
         load_settings({"REPLICA_ACK_TIMEOUT_MS": "0"})  # WAIT 1 0 would block forever
+
+
+def test_secrets_take_comma_separated_lists_for_rotation() -> None:
+    settings = load_settings(
+        {
+            "PUSH_TOKEN": "new-push, old-push",
+            "API_TOKEN": "api-1",
+            "DEVICE_TOKEN_SECRET": "new-device-secret-0123,old-device-secret-0123",
+        }
+    )
+    assert settings.push_token == ("new-push", "old-push")
+    assert settings.api_token == ("api-1",)
+    assert settings.device_token_secret == ("new-device-secret-0123", "old-device-secret-0123")
+    unset = load_settings({})
+    assert (unset.push_token, unset.api_token, unset.device_token_secret) == (None, None, None)
+
+
+@pytest.mark.parametrize("var", ["PUSH_TOKEN", "API_TOKEN", "DEVICE_TOKEN_SECRET"])
+def test_an_empty_entry_in_a_secret_list_is_refused_without_showing_the_secrets(var: str) -> None:
+    with pytest.raises(ConfigError, match=f"{var}: entry 2 of the list is empty") as refused:
+        load_settings({var: "a-secret-long-enough-0123,,"})
+    assert "a-secret" not in str(refused.value)
+
+
+def test_every_device_token_secret_must_be_long_enough() -> None:
+    with pytest.raises(ConfigError, match=r"at least 16 characters \(entry 2 has 5\)") as refused:
+        load_settings({"DEVICE_TOKEN_SECRET": "a-long-enough-secret,short"})
+    assert "short" not in str(refused.value)  # the refused secret itself is never shown
+
+
+def test_allow_open_push_is_a_boolean_off_by_default() -> None:
+    assert load_settings({}).allow_open_push is False
+    assert load_settings({"ALLOW_OPEN_PUSH": "TRUE"}).allow_open_push is True
+    with pytest.raises(ConfigError, match="ALLOW_OPEN_PUSH must be true or false"):
+        load_settings({"ALLOW_OPEN_PUSH": "yes"})
+
+
+def test_cors_origins_are_origins() -> None:
+    assert load_settings({}).cors_origins == ()
+    origins = load_settings({"CORS_ORIGINS": "https://app.example.com, http://localhost:3000"}).cors_origins
+    assert origins == ("https://app.example.com", "http://localhost:3000")
+    assert load_settings({"CORS_ORIGINS": "*"}).cors_origins == ("*",)
+    for bad in ("https://app.example.com/", "app.example.com", "https://a.example/path"):
+        with pytest.raises(ConfigError, match="CORS_ORIGINS entries are origins"):
+            load_settings({"CORS_ORIGINS": bad})

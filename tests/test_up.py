@@ -7,6 +7,7 @@ read its output; the others run the CLI as a subprocess, as an operator would.
 
 from __future__ import annotations
 
+import ipaddress
 import json
 import os
 import re
@@ -23,9 +24,10 @@ from dataclasses import dataclass
 from importlib.metadata import version
 from pathlib import Path
 
+import httpx
 import pytest
 
-from shared.redis_server import free_port
+from shared.redis_server import RedisServer, free_port
 from tests.processes import relay_env, wait_for
 
 STOP_DEADLINE_S = 10.0  # generous: a hang fails the test, a slow machine does not
@@ -46,6 +48,21 @@ def relay(
         text=True,
         timeout=60,
     )
+
+
+def listening_addresses(port: int) -> set[str]:
+    """The local addresses with a socket listening on `port` (/proc/net/tcp and tcp6, state 0A)."""
+    found = set()
+    for table, width in (("tcp", 8), ("tcp6", 32)):
+        path = Path("/proc/net") / table
+        for line in path.read_text().splitlines()[1:] if path.exists() else []:
+            local, state = line.split()[1], line.split()[3]
+            address, _, hex_port = local.partition(":")
+            if state == "0A" and int(hex_port, 16) == port and len(address) == width:
+                raw = bytes.fromhex(address)
+                words = b"".join(raw[i : i + 4][::-1] for i in range(0, len(raw), 4))  # host order
+                found.add(str(ipaddress.ip_address(words)))
+    return found
 
 
 def processes_with(marker: str) -> list[str]:
@@ -75,6 +92,7 @@ class UpRun:
     lines_at_stop: int  # stdout lines printed before SIGINT
     leftovers: list[str]
     pasted: dict[str, subprocess.CompletedProcess[str]]  # the banner's commands, run in a shell
+    listening: set[str]  # where the ingress listened
 
 
 def first_delivery(data_dir: Path) -> bool:
@@ -108,7 +126,7 @@ def up_run(tmp_path_factory: pytest.TempPathFactory) -> Iterator[UpRun]:
     marker = f"gms-relay-test-{uuid.uuid4().hex}"
     # The operator's default log level: the ingress's INFO lines show what its log file holds.
     env = relay_env(TEST_MARKER=marker, LOG_LEVEL="INFO")
-    env = {k: v for k, v in env.items() if k not in ("REDIS_URL", "GMS_URL")}
+    env = {k: v for k, v in env.items() if k not in ("REDIS_URL", "GMS_URL", "ALLOW_OPEN_PUSH")}
     argv = ["up", "--simulate", "--port", str(port), "--dashboard-port", str(dashboard_port)]
     argv += ["--data-dir", str(data_dir), "--status-interval", "1"]
     up = subprocess.Popen(
@@ -134,6 +152,7 @@ def up_run(tmp_path_factory: pytest.TempPathFactory) -> Iterator[UpRun]:
         )
         assert up.poll() is None, f"up exited early with {up.returncode}: {''.join(errors)[-2000:]}"
         pasted = {name: paste(command) for name, command in banner_commands(lines).items()}
+        listening = listening_addresses(port)
     finally:
         lines_at_stop = len(lines)
         started = time.monotonic()
@@ -161,6 +180,7 @@ def up_run(tmp_path_factory: pytest.TempPathFactory) -> Iterator[UpRun]:
         lines_at_stop=lines_at_stop,
         leftovers=processes_with(marker),
         pasted=pasted,
+        listening=listening,
     )
 
 
@@ -174,6 +194,10 @@ def test_banner_shows_where_everything_is(up_run: UpRun) -> None:
     assert f"redis.Redis(port={redis_port})" in out  # the one-liner for machines without redis-cli
     assert f"{up_run.data_dir / 'logs'}/" in out
     assert re.search(r"API_TOKEN=\S+", out) and re.search(r"WEBHOOK_SECRET=whsec_\S+", out)
+    # A push token made up for the run: GMS's customhttp.url, and the one the simulator's pushes carry
+    # (status_with_traffic counted them answered 200).
+    assert re.search(rf"http://127\.0\.0\.1:{up_run.port}/push\?token=[\w-]{{43}}\s", out)
+    assert up_run.listening == {"127.0.0.1"}  # loopback unless --host says otherwise
 
 
 @pytest.mark.e2e
@@ -276,6 +300,45 @@ def test_ingress_on_a_busy_port_says_so() -> None:
     assert result.returncode == 2
     assert f"cannot listen on 0.0.0.0:{port}" in result.stderr and "--port" in result.stderr
     assert "Traceback" not in result.stderr
+
+
+@pytest.mark.e2e
+def test_up_on_every_interface_warns_and_requires_its_push_token(
+    tmp_path: Path, redis_server: RedisServer
+) -> None:
+    port = free_port()
+    env = relay_env(REDIS_URL=redis_server.url, GMS_URL="http://127.0.0.1:9")
+    del env["ALLOW_OPEN_PUSH"]
+    argv = ["up", "--host", "0.0.0.0", "--port", str(port), "--workers", "1", "--no-dashboard"]
+    argv += ["--data-dir", str(tmp_path), "--status-interval", "0"]
+    up = subprocess.Popen(
+        [sys.executable, "-m", "gms_relay", *argv],
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    assert up.stdout is not None and up.stderr is not None
+    lines: list[str] = []
+    reader = threading.Thread(target=lambda: lines.extend(up.stdout or ()), daemon=True)
+    reader.start()
+    try:
+        wait_for(lambda: any("push URL" in line for line in lines) or up.poll() is not None, 60)
+        [token] = re.findall(rf"http://127\.0\.0\.1:{port}/push\?token=([\w-]+)", "".join(lines))
+        assert listening_addresses(port) == {"0.0.0.0"}
+        unauthenticated = httpx.post(f"http://127.0.0.1:{port}/push", content=b"{}", timeout=10)
+        authenticated = httpx.post(f"http://127.0.0.1:{port}/push?token={token}", content=b"{}", timeout=10)
+    finally:
+        up.send_signal(signal.SIGINT)
+        up.wait(STOP_DEADLINE_S)
+        reader.join(10)
+        stderr = up.stderr.read()
+        up.stdout.close()
+        up.stderr.close()
+    assert unauthenticated.status_code == 401
+    assert authenticated.status_code == 400  # past the token check: an empty notification is refused
+    assert "gms-relay: warning: the ingress listens on 0.0.0.0, reachable from the network" in stderr
+    assert token not in stderr
 
 
 def test_up_without_any_redis_server_says_how_to_get_one(tmp_path: Path) -> None:

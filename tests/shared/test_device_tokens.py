@@ -71,8 +71,9 @@ def test_rotation_the_first_secret_signs_and_each_verifies() -> None:
     assert device_tokens.verify(new, from_old, NOW) is None  # the old secret dropped: its tokens end
 
 
-def test_the_setting_is_one_secret_today() -> None:
-    assert device_tokens.signing_keys("a,b") == ("a,b",)
+def test_signing_keys_keep_the_settings_order() -> None:
+    assert device_tokens.signing_keys("a,b") == ("a,b",)  # a string is one whole secret
+    assert device_tokens.signing_keys(("new", "old")) == ("new", "old")  # DEVICE_TOKEN_SECRET=new,old
 
 
 def test_what_cannot_be_issued() -> None:
@@ -92,7 +93,7 @@ def test_a_short_secret_stops_start_up() -> None:
         {"DEVICE_TOKEN_SECRET": "x" * 16, "DEVICE_TOKEN_TTL_S": "60", "SSE_HEARTBEAT_S": "5"}
     )
     assert (settings.device_token_secret, settings.device_token_ttl_s, settings.sse_heartbeat_s) == (
-        "x" * 16,
+        ("x" * 16,),
         60,
         5,
     )
