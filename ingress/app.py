@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Mapping
 from typing import Any
 
 import msgspec
@@ -20,6 +20,7 @@ from ingress.demo import demo_routes
 from ingress.device_streams import DeviceStreams
 from ingress.device_tokens_api import DeviceTokenRoutes
 from ingress.metrics import IngressMetrics, live_workers
+from ingress.openapi import openapi_bytes
 from ingress.push import PushEndpoint
 from ingress.replies import error_body
 from ingress.store import IngressStore
@@ -40,8 +41,8 @@ SESSION_BODY_MAX_BYTES = 16384
 _REGISTRATION = msgspec.json.Decoder(SessionRegistration)
 
 
-def _json_error(status: int, code: str, detail: str) -> Response:
-    return Response(error_body(code, detail), status, media_type="application/json")
+def _json_error(status: int, code: str, detail: str, headers: Mapping[str, str] | None = None) -> Response:
+    return Response(error_body(code, detail), status, headers=headers, media_type="application/json")
 
 
 async def _relay_error(request: Request, exc: Exception) -> Response:
@@ -52,7 +53,8 @@ async def _relay_error(request: Request, exc: Exception) -> Response:
 async def _http_error(request: Request, exc: Exception) -> Response:
     assert isinstance(exc, HTTPException)
     code = {404: "not_found", 405: "method_not_allowed"}.get(exc.status_code, "http_error")
-    return _json_error(exc.status_code, code, str(exc.detail))
+    # exc.headers carries the router's `Allow` on a 405, which RFC 9110 requires (schemathesis found it lost).
+    return _json_error(exc.status_code, code, str(exc.detail), exc.headers)
 
 
 async def _internal_error(request: Request, exc: Exception) -> Response:
@@ -140,6 +142,11 @@ def create_app(settings: Settings, store: IngressStore | None = None) -> Any:
             text += await _pipeline_metrics(store)
         return Response(text, media_type="text/plain; version=0.0.4; charset=utf-8")
 
+    document = openapi_bytes(settings, SESSION_BODY_MAX_BYTES)  # encoded once: it follows the settings
+
+    async def openapi_endpoint(request: Request) -> Response:
+        return Response(document, media_type="application/json")
+
     @contextlib.asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
         yield
@@ -157,6 +164,7 @@ def create_app(settings: Settings, store: IngressStore | None = None) -> Any:
             Route("/healthz", livez),
             Route("/readyz", readyz),
             Route("/metrics", metrics_endpoint),
+            Route("/openapi.json", openapi_endpoint),
             Route("/sessions/{session_id:path}", sessions.handle, methods=["PUT", "DELETE"]),
             *chats.routes(),
             *demo_routes(settings),  # none unless DEMO=true
