@@ -12,6 +12,7 @@ from ingress.app import create_app
 from ingress.auth import OPEN_PUSH_WARNING
 from shared.errors import ConfigError
 from shared.logs import configure_logging
+from shared.redis_clients import check_ack_supported
 from shared.settings import Settings, load_settings
 
 # SIGTERM: stop accepting, let in-flight requests finish (each is a single Redis call).
@@ -58,6 +59,7 @@ def uvicorn_options(host: str, port: int) -> dict[str, Any]:
 def serve(settings: Settings, host: str = "0.0.0.0", port: int = 8080, processes: int = 1) -> None:
     """Serve in this process, or in `processes` uvicorn processes sharing the port (several GMS nodes)."""
     configure_logging(settings.log_level)
+    check_ack_supported(settings)  # INGRESS_ACK=replicated+fsynced on a Redis without WAITAOF: refused
     check_push_token(settings)
     options = uvicorn_options(host, port)
     if processes > 1:

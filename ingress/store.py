@@ -1,18 +1,26 @@
-"""The ingress's only conversation with Redis: one Lua call per request, bounded in time."""
+"""The ingress's only conversation with Redis: one Lua call per request, bounded in time.
+
+At INGRESS_ACK=replicated the call is followed, in the same write on the same connection, by `WAIT 1
+<REPLICA_ACK_TIMEOUT_MS>` (WAITAOF for replicated+fsynced): one round trip, and a push no replica
+confirmed is answered 503 `not_replicated` (stored on the primary, not acknowledged: GMS resends).
+"""
 
 from __future__ import annotations
 
+import asyncio
+import time
 from hashlib import sha1
 
 import msgspec
 import redis.asyncio as aioredis
 from redis.asyncio.connection import AbstractConnection
-from redis.exceptions import NoScriptError, RedisError
+from redis.exceptions import NoScriptError, RedisError, ResponseError
 
 from shared.clock import now_ms
-from shared.errors import RedisUnavailable
+from shared.errors import NotReplicated, RedisUnavailable
 from shared.ids import IdSource
 from shared.models import Notification, Payload, SessionRegistration, Trigger
+from shared.redis_clients import ack_command, acknowledged, afollow_primary, async_client
 from shared.scripts import INTERFACES, Arg, ScriptSources
 from shared.settings import Settings
 
@@ -28,8 +36,8 @@ class IngressStore:
 
     def __init__(self, settings: Settings, client: aioredis.Redis | None = None) -> None:
         self.settings = settings
-        self.client = client or aioredis.Redis.from_url(
-            settings.redis_url,
+        self.client = client or async_client(  # REDIS_URL, or the primary the Sentinels name
+            settings,
             socket_timeout=REDIS_DEADLINE_S,
             socket_connect_timeout=REDIS_DEADLINE_S / 4,
             retry_on_timeout=False,
@@ -40,6 +48,16 @@ class IngressStore:
         self.sources = ScriptSources.build(settings).sources
         self.shas = {name: sha1(source.encode()).hexdigest() for name, source in self.sources.items()}
         self.ids = IdSource()
+        # WAIT / WAITAOF packed once (b"" for INGRESS_ACK=stored), written after the EVALSHA.
+        ack = [str(a).encode() for a in ack_command(settings)]
+        self._ack = (
+            b"*%d\r\n%s" % (len(ack), b"".join(b"$%d\r\n%s\r\n" % (len(a), a) for a in ack)) if ack else b""
+        )
+        # With Sentinel: held connections still reach the old primary after a planned failover (or
+        # across a split) until Sentinel demotes it; look every SENTINEL_CHECK_MS, and after a failure.
+        self._follows = bool(settings.redis_sentinels)
+        self._next_look = 0.0
+        self._looking: asyncio.Task[None] | None = None
 
     async def _call(self, script: str, args: list[str | bytes | int]) -> str:
         # On a connection of the client's pool that this store holds between calls (the pool still
@@ -61,22 +79,65 @@ class IngressStore:
                     self.shas[script].encode(),
                     b"".join([b"$%d\r\n%s\r\n" % (len(v), v) for v in values]),
                 )
-                await conn.send_packed_command(evalsha)
+                packed = [evalsha, self._ack] if self._ack else evalsha  # the ack in the same write
+                await conn.send_packed_command(packed)
                 try:
-                    result = await conn.read_response()
-                except NoScriptError:  # Redis restarted or its scripts were flushed
+                    result, confirmed = await self._replies(conn)
+                except NoScriptError:  # Redis restarted, failed over, or its scripts were flushed
                     await conn.send_packed_command(conn.pack_command("SCRIPT", "LOAD", self.sources[script]))
                     await conn.read_response()
-                    await conn.send_packed_command(evalsha)
-                    result = await conn.read_response()
+                    await conn.send_packed_command(packed)
+                    result, confirmed = await self._replies(conn)
             finally:
                 if len(self._idle) < _HELD_CONNECTIONS:
                     self._idle.append(conn)
                 else:  # after a burst of concurrent pushes: back to the pool, for /readyz and /metrics
                     await pool.release(conn)
         except (RedisError, OSError, TimeoutError):
+            self._look_for_primary(now=True)
             raise RedisUnavailable("Redis is unreachable; the notification was not stored") from None
+        if self._follows:
+            self._look_for_primary()
+        if self._ack and not acknowledged(self.settings, confirmed):
+            self._look_for_primary(now=True)  # a moved primary leaves the old one without its replica
+            raise NotReplicated(
+                f"stored on the Redis primary, but no replica confirmed it within "
+                f"{self.settings.replica_ack_timeout_ms} ms (INGRESS_ACK={self.settings.ingress_ack}): "
+                "not acknowledged; send it again"
+            )
         return result.decode() if isinstance(result, bytes) else str(result)
+
+    async def _replies(self, conn: AbstractConnection) -> tuple[object, object]:
+        """The script's reply and the ack's (None without one), both read even when the script's is an
+        error, so that the connection stays in step."""
+        try:
+            result = await conn.read_response()
+        except ResponseError:
+            if self._ack:
+                await conn.read_response()
+            raise
+        return result, (await conn.read_response() if self._ack else None)
+
+    def _look_for_primary(self, now: bool = False) -> None:
+        """With Sentinel, every SENTINEL_CHECK_MS (or at once, after a failure): in the background, ask
+        the Sentinels where the primary is and disconnect the held connections that reach another
+        node (they reconnect to the primary on their next call)."""
+        if not self._follows or self._looking is not None or (not now and time.monotonic() < self._next_look):
+            return
+        self._next_look = time.monotonic() + self.settings.sentinel_check_ms / 1000
+        self._looking = asyncio.get_running_loop().create_task(self._follow())
+
+    async def _follow(self) -> None:
+        try:
+            address = await afollow_primary(self.client)
+            for conn in list(self._idle):
+                host, port = getattr(conn, "host", None), getattr(conn, "port", None)
+                if address is not None and host is not None and (str(host), int(port or 0)) != address:
+                    await conn.disconnect()
+        except (RedisError, OSError, TimeoutError):
+            pass  # no Sentinel answers: the next push fails (503) and looks again
+        finally:
+            self._looking = None
 
     async def ingest(self, note: Notification) -> str:
         """Store one notification durably; returns the outcome (queued, duplicate, covered, ...)."""
@@ -138,4 +199,6 @@ class IngressStore:
             return False
 
     async def close(self) -> None:
+        if self._looking is not None:
+            await self._looking
         await self.client.aclose()

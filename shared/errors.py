@@ -46,3 +46,11 @@ class PayloadTooLarge(RelayError):
 class RedisUnavailable(RelayError):
     code = "redis_unavailable"
     status = 503
+
+
+class NotReplicated(RelayError):
+    """The primary holds the write but no replica confirmed it in time (INGRESS_ACK=replicated): not
+    acknowledged, so GMS counts a failure and Chat Server resends (a resend is idempotent)."""
+
+    code = "not_replicated"
+    status = 503

@@ -19,15 +19,18 @@ from urllib.parse import urlsplit
 
 import redis
 import redis.asyncio as aioredis
+from redis.asyncio.connection import SSLConnection as AsyncSSLConnection
 from redis.asyncio.retry import Retry as AsyncRetry
 from redis.asyncio.sentinel import Sentinel as AsyncSentinel
 from redis.asyncio.sentinel import SentinelConnectionPool as AsyncSentinelConnectionPool
+from redis.asyncio.sentinel import SentinelManagedConnection as AsyncSentinelManagedConnection
 from redis.backoff import EqualJitterBackoff, NoBackoff
 from redis.connection import SSLConnection, parse_url
 from redis.exceptions import RedisError
 from redis.retry import Retry
-from redis.sentinel import Sentinel, SentinelConnectionPool
+from redis.sentinel import Sentinel, SentinelConnectionPool, SentinelManagedConnection
 
+from shared.errors import ConfigError
 from shared.settings import Settings
 
 log = logging.getLogger("gms_relay.redis")
@@ -80,13 +83,39 @@ class AsyncSentinelRedis(aioredis.Redis):
             await manager.aclose()
 
 
-def _primary_kwargs(settings: Settings, opts: dict[str, Any]) -> dict[str, Any]:
-    """REDIS_URL's credentials, db and TLS (not its host), then the caller's options."""
+# redis-py (8.1) reconnects a dropped connection inside `send_packed_command`, which goes straight to
+# the address of its last connection: a SentinelManagedConnection asks the Sentinels only in
+# `connect()`. So a command retried after the primary died, or the ingress's next push on a held
+# connection, went back to the old primary. These ask the Sentinels on every reconnect.
+class FollowingConnection(SentinelManagedConnection):
+    def send_packed_command(self, command: Any, check_health: bool = True) -> None:
+        if not self._sock:
+            self.connect()  # type: ignore[no-untyped-call]
+        super().send_packed_command(command, check_health)  # type: ignore[no-untyped-call]
+
+
+class FollowingSSLConnection(FollowingConnection, SSLConnection):
+    pass
+
+
+class AsyncFollowingConnection(AsyncSentinelManagedConnection):
+    async def send_packed_command(self, command: Any, check_health: bool = True) -> None:
+        if not self.is_connected:
+            await self.connect()  # type: ignore[no-untyped-call]
+        await super().send_packed_command(command, check_health)
+
+
+class AsyncFollowingSSLConnection(AsyncFollowingConnection, AsyncSSLConnection):
+    pass
+
+
+def _primary_kwargs(settings: Settings, opts: dict[str, Any], classes: tuple[type, type]) -> dict[str, Any]:
+    """REDIS_URL's credentials, db and TLS (not its host), the connection class (plain or TLS of
+    `classes`), then the caller's options."""
     parsed: dict[str, Any] = parse_url(settings.redis_url)  # type: ignore[no-untyped-call]
     kwargs = {k: v for k, v in parsed.items() if k not in ("host", "port", "path")}
-    if kwargs.pop("connection_class", None) is SSLConnection:
-        kwargs["ssl"] = True  # SentinelConnectionPool picks its TLS connection class from this flag
-    return {**kwargs, **opts}
+    tls = kwargs.pop("connection_class", None) is SSLConnection
+    return {**kwargs, "connection_class": classes[tls], **opts}
 
 
 def _sentinel_kwargs(settings: Settings, opts: dict[str, Any], retry: object) -> dict[str, Any]:
@@ -111,7 +140,9 @@ def sync_client(settings: Settings, **opts: Any) -> redis.Redis:
         list(settings.redis_sentinels), sentinel_kwargs=_sentinel_kwargs(settings, opts, no_retry())
     )
     client = sentinel.master_for(  # type: ignore[no-untyped-call]
-        settings.redis_sentinel_master, redis_class=SentinelRedis, **_primary_kwargs(settings, opts)
+        settings.redis_sentinel_master,
+        redis_class=SentinelRedis,
+        **_primary_kwargs(settings, opts, (FollowingConnection, FollowingSSLConnection)),
     )
     assert isinstance(client, SentinelRedis)
     return client
@@ -127,7 +158,9 @@ def async_client(settings: Settings, **opts: Any) -> aioredis.Redis:
         sentinel_kwargs=_sentinel_kwargs(settings, opts, AsyncRetry(NoBackoff(), 0)),
     )
     client = sentinel.master_for(
-        settings.redis_sentinel_master, redis_class=AsyncSentinelRedis, **_primary_kwargs(settings, opts)
+        settings.redis_sentinel_master,
+        redis_class=AsyncSentinelRedis,
+        **_primary_kwargs(settings, opts, (AsyncFollowingConnection, AsyncFollowingSSLConnection)),
     )
     assert isinstance(client, AsyncSentinelRedis)
     return client
@@ -189,7 +222,11 @@ async def afollow_primary(client: aioredis.Redis) -> tuple[str, int] | None:
 
 class PrimaryWatch(threading.Thread):
     """A daemon thread that makes sync clients follow a moved primary within SENTINEL_CHECK_MS,
-    instead of when Sentinel demotes the old one (it does nothing without REDIS_SENTINELS)."""
+    instead of when Sentinel demotes the old one (it does nothing without REDIS_SENTINELS). Busy
+    connections finish their command first: closing one under its thread breaks redis-py (RQ's
+    pubsub thread dies of it), and a command cut off after the old primary ran it, retried on a new
+    one that had it replicated, would run twice. RQ's BLPOP, busy for minutes, is freed when Sentinel
+    demotes the old primary (CLIENT KILL), or by TCP keepalive if that host is gone."""
 
     def __init__(self, settings: Settings, clients: list[redis.Redis]) -> None:
         super().__init__(name="primary-watch", daemon=True)
@@ -203,18 +240,61 @@ class PrimaryWatch(threading.Thread):
             super().start()
 
     def run(self) -> None:
-        where: tuple[str, int] | None = None
         while not self.stopped.wait(self.interval_s):
             for client in self.clients:
+                before = getattr(client.connection_pool, "master_address", None)
                 try:
                     now = follow_primary(client)
                 except (RedisError, OSError):
                     continue  # no Sentinel answers: the clients' own retries report it
-                if now is not None and where is not None and now != where:
+                if now is not None and before is not None and tuple(before) != now:
                     log.warning("Redis primary moved", extra={"primary": f"{now[0]}:{now[1]}"})
-                where = now or where
 
     def stop(self) -> None:
         self.stopped.set()
         if self.is_alive():
             self.join(5)
+
+
+def ack_command(settings: Settings) -> list[str | int]:
+    """The command that confirms a write at INGRESS_ACK's level, sent right after it on the same
+    connection (WAIT and WAITAOF count that connection's writes); empty for `stored`."""
+    if settings.ingress_ack == "replicated":
+        return ["WAIT", 1, settings.replica_ack_timeout_ms]
+    if settings.ingress_ack == "replicated+fsynced":
+        return ["WAITAOF", 1, 1, settings.replica_ack_timeout_ms]
+    return []
+
+
+def acknowledged(settings: Settings, reply: object) -> bool:
+    """Whether `ack_command`'s reply confirms the level: WAIT answers the replicas that hold the write,
+    WAITAOF [local fsyncs, replica fsyncs]."""
+    if settings.ingress_ack == "replicated":
+        return isinstance(reply, int) and reply >= 1
+    if settings.ingress_ack == "replicated+fsynced":
+        return isinstance(reply, list) and len(reply) == 2 and int(reply[0]) >= 1 and int(reply[1]) >= 1
+    return True
+
+
+def check_ack_supported(settings: Settings) -> None:
+    """INGRESS_ACK=replicated+fsynced needs WAITAOF (Redis >= 7.2, not Debian bookworm's 7.0): refuse it
+    at start-up when the primary lacks the command. A primary that does not answer yet is not a
+    refusal (compose starts everything at once); the ingress then answers 503 until it does."""
+    if settings.ingress_ack != "replicated+fsynced":
+        return
+    try:
+        with sync_client(settings, socket_timeout=2, socket_connect_timeout=2, retry=no_retry()) as client:
+            version = client.info("server").get("redis_version", "?")
+            conn = client.connection_pool.get_connection()  # raw: redis-py's COMMAND parser fails on [nil]
+            try:
+                conn.send_command("COMMAND", "INFO", "waitaof")
+                known = conn.read_response()
+            finally:
+                client.connection_pool.release(conn)
+    except (RedisError, OSError):
+        return
+    if known == [None]:
+        raise ConfigError(
+            "INGRESS_ACK=replicated+fsynced needs WAITAOF (Redis >= 7.2); the primary at "
+            f"{describe(settings)} runs Redis {version}: use INGRESS_ACK=replicated (a replica's memory)"
+        )

@@ -5,13 +5,14 @@ Debian's `redis-server` and `redis-sentinel` (or `redis-server --sentinel`), fas
 Sentinel rewrites as it reconfigures the nodes: a stopped primary started again comes back as a
 replica of the new one, as in production. Used by the Sentinel tests and the failover test:
 
-    with SentinelCluster(tmp_path, sentinels=3) as cluster:
-        env = cluster.env()                  # REDIS_SENTINELS, REDIS_SENTINEL_MASTER, REDIS_URL
+    with SentinelCluster(tmp_path, sentinels=3) as cluster:   # password=, sentinel_password= optional
+        env = cluster.env(db=0)              # REDIS_SENTINELS, REDIS_SENTINEL_MASTER(, _PASSWORD), REDIS_URL
         old = cluster.primary()              # the node the Sentinels name now
         cluster.failover()                   # SENTINEL FAILOVER, waits until every Sentinel agrees
         old.kill(); cluster.wait_for_new_primary(old)   # or: a crash, then the promotion
         old.start(); cluster.wait_replicating(old)       # the old primary back, as a replica
         replica.pause() / replica.resume()   # SIGSTOP / SIGCONT: a replica that stops answering
+        node.client(db=0)                    # a direct client of one node, for the test's own looks
 """
 
 from __future__ import annotations
@@ -41,7 +42,7 @@ def _binary(name: str) -> list[str]:
 
 
 def sentinel_available() -> bool:
-    return shutil.which("redis-server") is not None
+    return shutil.which("redis-server") is not None and shutil.which("redis-sentinel") is not None
 
 
 def _wait(condition: Callable[[], bool], timeout_s: float, what: str) -> None:
@@ -78,9 +79,11 @@ class Node:
     def url(self) -> str:
         return f"redis://127.0.0.1:{self.port}/0"
 
-    def client(self) -> redis.Redis:
+    def client(self, db: int = 0) -> redis.Redis:
         """A direct client (no Sentinel): for the test's own looks at this node."""
-        return redis.Redis(port=self.port, password=self.password, socket_timeout=2, socket_connect_timeout=1)
+        return redis.Redis(
+            port=self.port, db=db, password=self.password, socket_timeout=2, socket_connect_timeout=1
+        )
 
     def start(self) -> None:
         """Start (again, after stop or kill) from the config file as Sentinel last rewrote it."""
@@ -272,14 +275,16 @@ class SentinelCluster:
         _wait(moved, timeout_s, f"a primary other than {old.port}")
         return self.primary()
 
-    def failover(self, timeout_s: float = 30) -> Node:
-        """SENTINEL FAILOVER (no agreement needed): the replica is promoted, the old primary demoted to
-        its replica. Returns once every Sentinel names the new primary and the old one replicates it."""
+    def failover(self, timeout_s: float = 30, wait_demoted: bool = True) -> Node:
+        """SENTINEL FAILOVER (no agreement needed): the replica is promoted, and the old primary, still
+        a primary meanwhile, demoted to its replica on Sentinel's next INFO round (up to 10 s later).
+        Returns once every Sentinel names the new primary and (`wait_demoted`) the old one replicates it."""
         old = self.primary()
         self.wait_sentinels_agree(old, timeout_s)
         with self.sentinels[0].client() as client:
             client.sentinel_failover(self.master)
         new = self.wait_for_new_primary(old, timeout_s)
-        self.wait_replicating(old, timeout_s)
-        self.wait_sentinels_agree(new, timeout_s)
+        if wait_demoted:
+            self.wait_replicating(old, timeout_s)
+            self.wait_sentinels_agree(new, timeout_s)
         return new
