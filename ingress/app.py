@@ -16,6 +16,7 @@ from starlette.routing import Route
 
 from ingress.auth import OPEN_PUSH_WARNING, FailureThrottle, bearer_ok
 from ingress.chats import ChatRoutes
+from ingress.cors import browser_cors, is_browser_path
 from ingress.demo import demo_routes
 from ingress.device_streams import DeviceStreams
 from ingress.device_tokens_api import DeviceTokenRoutes
@@ -179,9 +180,13 @@ def create_app(settings: Settings, store: IngressStore | None = None) -> Any:
         lifespan=lifespan,
     )
 
+    cors = browser_cors(starlette, settings.cors_origins)  # None without CORS_ORIGINS
+
     async def app(scope: dict[str, Any], receive: Any, send: Any) -> None:
         if scope["type"] == "http" and scope["path"] == "/push":
             await push(scope, receive, send)
+        elif cors is not None and scope["type"] == "http" and is_browser_path(scope["path"]):
+            await cors(scope, receive, send)  # the device streams, /chats and /demo only
         else:
             await starlette(scope, receive, send)
 

@@ -22,6 +22,7 @@ from tests.pushes import body, trigger_message
 
 REGISTRATION = {"deviceId": "d1", "userId": "u1", "secureKey": "REST-KEY", "alias": "117"}
 VALID_TRIGGER = body(trigger_message(1))
+BROWSER_ORIGIN = "https://app.example.com"  # the relay's CORS_ORIGINS in a pipeline run
 
 
 def fresh_tokens() -> dict[str, str]:
@@ -30,6 +31,7 @@ def fresh_tokens() -> dict[str, str]:
         "PUSH_TOKEN": "push-" + secrets.token_hex(16),
         "API_TOKEN": "api-" + secrets.token_hex(16),
         "WEBHOOK_SECRET": "whsec_" + base64.b64encode(secrets.token_bytes(24)).decode(),
+        "DEVICE_TOKEN_SECRET": "dts-" + secrets.token_hex(16),
     }
 
 
@@ -63,6 +65,7 @@ def pipeline(
             GMS_URL=chat_server.base_url,
             WEBHOOK_URL=receiver.url,
             LOG_LEVEL=log_level,
+            CORS_ORIGINS=BROWSER_ORIGIN,
             **tokens,
         )
         with relay_processes(env, workers=2) as relay:

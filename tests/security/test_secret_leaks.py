@@ -13,7 +13,14 @@ import redis
 from shared.redis_server import RedisServer
 from simulator.server import ChatServer
 from tests.pushes import body, trigger_message
-from tests.security.helpers import REGISTRATION, VALID_TRIGGER, basic_auth, key_type, pipeline
+from tests.security.helpers import (
+    BROWSER_ORIGIN,
+    REGISTRATION,
+    VALID_TRIGGER,
+    basic_auth,
+    key_type,
+    pipeline,
+)
 
 
 def _every_value(client: redis.Redis) -> Iterator[tuple[str, bytes]]:
@@ -50,6 +57,27 @@ def _every_value(client: redis.Redis) -> Iterator[tuple[str, bytes]]:
             raise AssertionError(f"{key}: unexpected type {kind}")
         for blob in blobs:
             yield key, blob
+
+
+def _read_a_device_stream(http: httpx.Client, device_id: str, api_token: str) -> tuple[str, list[str]]:
+    """What a browser does: a device token minted by the app's server, the device's stream opened
+    with it in the query string (EventSource), from an allowed origin; and what it is refused. Returns
+    the token and the refusals' bodies."""
+    minted = http.post(f"/devices/{device_id}/tokens", headers={"authorization": f"Bearer {api_token}"})
+    assert minted.status_code == 201, minted.text
+    token: str = minted.json()["token"]
+    with http.stream(
+        "GET", f"/devices/{device_id}/events?token={token}", headers={"origin": BROWSER_ORIGIN}
+    ) as stream:
+        assert stream.status_code == 200 and stream.headers["access-control-allow-origin"] == BROWSER_ORIGIN
+        assert next(line for line in stream.iter_lines() if line.startswith("data: "))
+    refused = [
+        http.get(f"/devices/{device_id}/events?token={token[:-2]}xx"),  # forged
+        http.get(f"/devices/{device_id}x/events?token={token}"),  # another device's
+        http.post(f"/chats/some-chat/typing?token={token}"),  # a query token opens streams only
+    ]
+    assert [r.status_code for r in refused] == [401, 403, 401]
+    return token, [r.text for r in refused]
 
 
 def _leaks(text: str | bytes, secrets_by_label: dict[str, str]) -> list[str]:
@@ -116,11 +144,14 @@ def test_no_secret_reaches_logs_metrics_or_error_bodies(
             for status, reply in refused:
                 assert reply.status_code == status, reply.text
                 replies.append(reply.text)
+            device_token, browser_replies = _read_a_device_stream(http, run.report.chats[0].device_id, api)
+            replies += browser_replies
             metrics_after = http.get("/metrics").text
     out, err = capfd.readouterr()
     logs = out + err
     assert '"level":"debug"' in logs  # the relay's processes really logged at DEBUG
     everything = {**run.chat_keys, **run.tokens, "registration secureKey": sent_key}
+    everything["device token (its signature)"] = device_token.rpartition(".")[2]
     everything["webhook key (base64)"] = run.tokens["WEBHOOK_SECRET"].removeprefix("whsec_")
     assert _leaks(logs, everything) == []
     assert _leaks(metrics.text + metrics_after, everything) == []
