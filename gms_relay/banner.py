@@ -89,7 +89,8 @@ def read_events_commands(redis_url: str) -> tuple[str, str]:
 def banner(info: BannerInfo) -> str:
     redis_cli, python = read_events_commands(info.redis_url)
     if info.push_token:
-        push = f"{info.ingress_url}/push?token={info.push_token}   (GMS customhttp.url; PUSH_TOKEN made up"
+        push = f"{info.ingress_url}/push?token={info.push_token}   "
+        push += "(GMS customhttp.url; PUSH_TOKEN made up for this run"
     elif info.push_token_set:
         push = f"{info.ingress_url}/push?token=<PUSH_TOKEN>   (GMS customhttp.url; the token you set"
     else:

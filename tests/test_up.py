@@ -234,6 +234,13 @@ def test_children_log_to_files_and_the_terminal_stays_quiet(up_run: UpRun) -> No
     # Nothing of the children's output reaches the terminal: no JSON log lines, no deliveries.
     assert not [line for line in up_run.stdout if line.startswith("{") or line.startswith("webhook ")]
     assert "Traceback" not in up_run.stderr
+    # The secrets made up for the run are shown once, in the banner, and are in no log file.
+    out = "\n".join(up_run.stdout)
+    made_up = re.findall(r"\?token=([\w-]+)", out) + re.findall(r"(?:API_TOKEN|WEBHOOK_SECRET)=(\S+)", out)
+    assert len(made_up) == 3
+    for log in logs.iterdir():
+        text = log.read_text(errors="replace")
+        assert not [secret for secret in made_up if secret in text], log.name
 
 
 @pytest.mark.e2e
