@@ -120,7 +120,7 @@ SCHEMAS: dict[str, Any] = {
         "trigger; with other events: a payload; without `messages`: a wake-up. Other members "
         "(`secureKey`, CometD-only, among them) are ignored.",
         "properties": {
-            "messages": {"type": "array", "items": ref("PushEvent")},
+            "messages": {"type": ["array", "null"], "items": ref("PushEvent")},
             "chatEnded": {"type": ["boolean", "null"]},
             "chatId": {
                 **_ID_OR_NUMBER,
