@@ -4,7 +4,7 @@ Three servers take the same pre-generated bodies from the same client, in interl
   floor  a bare Starlette endpoint doing one async LPUSH of the raw body (nothing can be cheaper),
   naive  a Starlette endpoint calling RQ `Queue.enqueue` (the design this project replaces),
   ours   the real ingress, started as `gms-relay ingress`.
-Targets (issue): ours p50 <= 1.3 x floor p50, ours rate >= 2 x naive rate, and with `--senders 4`
+Targets (issues): ours p50 <= 1.10 x floor p50, ours rate >= 2 x naive rate, and with `--senders 4`
 each concurrent sender's p99 < 2 x the single-sender p99; with `--open-streams 500`, ours p50 with 500
 device event streams open <= 1.1 x ours p50 with none.
 
