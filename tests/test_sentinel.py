@@ -19,6 +19,7 @@ import pytest
 import redis
 from rq import Queue
 from rq.scheduler import RQScheduler
+from rq.serializers import JSONSerializer
 from starlette.testclient import TestClient
 
 from ingress.app import create_app
@@ -286,3 +287,23 @@ def test_the_ingress_and_a_worker_follow_a_failover_without_a_restart(
         wait_for(lambda: sender.idle(include_pending=False), timeout_s=30)
         assert all(child.alive() and child.process.pid == pid for pid, child in processes), "no restart"
         assert any(r.acked for r in sender.records(chat.chat_id)[-2:]), "the ingress answers 200 again"
+
+
+def test_rqs_own_command_line_reaches_the_primary_through_workers_rq_config(
+    cluster: SentinelCluster, settings: Settings
+) -> None:
+    """`rq worker -c workers.rq_config` (README: RQ's command line runs the relay's jobs too) finds the
+    primary through the Sentinel, with REDIS_URL's password and db: a job queued there is run."""
+    with sync_client(settings) as client:
+        job = Queue("gms-relay", connection=client, serializer=JSONSerializer).enqueue("os.getpid")
+        command = ["worker", "-c", "workers.rq_config", "--burst", "-S", "rq.serializers.JSONSerializer"]
+        ran = subprocess.run(
+            [sys.executable, "-m", "rq.cli", *command, "-w", "rq.SimpleWorker", "gms-relay"],
+            env={**os.environ, **cluster.env(db=3)},
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
+        assert ran.returncode == 0, ran.stderr
+        job.refresh()  # type: ignore[no-untyped-call]
+        assert job.get_status() == "finished" and isinstance(job.return_value(), int)
