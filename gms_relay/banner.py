@@ -62,13 +62,24 @@ def _python() -> str:
     return "python" if same_dir else sys.executable
 
 
-def read_events_commands(redis_url: str) -> tuple[str, str]:
+def read_events_commands(redis_url: str, sentinel: bool = False) -> tuple[str, str]:
     """Ready-to-paste commands that print the first entries of one device's event stream: redis-cli,
-    and a Python one-liner for machines without redis-cli (the embedded Redis ships no client)."""
+    and a Python one-liner for machines without redis-cli (the embedded Redis ships no client). With
+    `sentinel`, `redis_url` is the primary's now: redis-cli goes there (its password from the shell's
+    REDIS_URL, never printed), the one-liner asks the Sentinels as the relay does."""
     parts = urlsplit(redis_url)
     local = parts.hostname in ("127.0.0.1", "localhost") and not parts.password and parts.path in ("", "/0")
     pattern = shlex.quote(keys.stream("*"))
-    if local:  # the embedded Redis, or one on this machine's default database
+    auth = ""
+    if sentinel:
+        cli = f"redis-cli -h {parts.hostname} -p {parts.port or 6379} -n {parts.path.strip('/') or 0}"
+        connect = "sync_client(load_settings(os.environ))"
+        if parts.password:
+            password = (
+                'import os, urllib.parse; print(urllib.parse.urlsplit(os.environ["REDIS_URL"]).password)'
+            )
+            auth = f'export REDISCLI_AUTH="$({_python()} -c {shlex.quote(password)})"; '
+    elif local:  # the embedded Redis, or one on this machine's default database
         cli, connect = f"redis-cli -p {parts.port or 6379}", f"redis.Redis(port={parts.port or 6379})"
     elif parts.password:  # never print a password: the operator's shell has REDIS_URL
         cli, connect = 'redis-cli -u "$REDIS_URL"', 'redis.Redis.from_url(os.environ["REDIS_URL"])'
@@ -78,16 +89,18 @@ def read_events_commands(redis_url: str) -> tuple[str, str]:
             f"redis.Redis.from_url({json.dumps(redis_url)})",
         )
     first = f"$({cli} --scan --pattern {pattern} | head -1)"
-    redis_cli = f"{cli} XREAD COUNT 10 STREAMS {first} 0"
+    redis_cli = f"{auth}{cli} XREAD COUNT 10 STREAMS {first} 0"
+    imports = "from shared.redis_clients import sync_client; from shared.settings import load_settings; "
     code = (  # double quotes only, so that the shell quoting stays one pair of single quotes
-        f"import os, redis; r = {connect}; key = next(r.scan_iter({json.dumps(keys.stream('*'))})); "
+        f"import os, redis; {imports if sentinel else ''}r = {connect}; "
+        f"key = next(r.scan_iter({json.dumps(keys.stream('*'))})); "
         "print(key.decode()); [print(id.decode(), fields) for id, fields in r.xrange(key, count=10)]"
     )
     return redis_cli, f"{_python()} -c {shlex.quote(code)}"
 
 
 def banner(info: BannerInfo) -> str:
-    redis_cli, python = read_events_commands(info.redis_url)
+    redis_cli, python = read_events_commands(info.redis_url, sentinel=info.redis_described is not None)
     if info.push_token:
         push = f"{info.ingress_url}/push?token={info.push_token}   "
         push += "(GMS customhttp.url; PUSH_TOKEN made up for this run"

@@ -13,6 +13,7 @@ import os
 import subprocess
 import sys
 from collections.abc import Iterator
+from pathlib import Path
 
 import httpx
 import pytest
@@ -33,6 +34,7 @@ from shared.redis_clients import (
     primary_url,
     sync_client,
 )
+from shared.redis_server import free_port
 from shared.settings import Settings, load_settings
 from simulator.sender import PushSender
 from simulator.server import ChatServer
@@ -41,6 +43,7 @@ from tests.e2e.checks import stream
 from tests.processes import relay_env, relay_processes, wait_for
 from tests.pushes import body, event, payload_message, trigger_message
 from tests.sentinel_cluster import Node, SentinelCluster, sentinel_available
+from tests.test_stack import Dashboard, gms_relay_up, stack_env
 
 pytestmark = pytest.mark.timeout(120)
 
@@ -307,3 +310,36 @@ def test_rqs_own_command_line_reaches_the_primary_through_workers_rq_config(
         assert ran.returncode == 0, ran.stderr
         job.refresh()  # type: ignore[no-untyped-call]
         assert job.get_status() == "finished" and isinstance(job.return_value(), int)
+
+
+@pytest.mark.timeout(180)
+def test_up_through_sentinel_delivers_and_its_dashboard_reads_the_primary(
+    cluster: SentinelCluster, settings: Settings, tmp_path: Path
+) -> None:
+    """`gms-relay up --simulate` with the Sentinel variables: the banner names the Sentinels and the
+    primary they name, the demo traffic reaches the primary's streams (REDIS_URL's db), and
+    rq-dashboard (the relay's launcher) lists the relay's queues from there."""
+    env = {**stack_env(), **cluster.env(db=3)}
+    dashboard_port = free_port()
+    dashboard = Dashboard(dashboard_port)
+    with gms_relay_up(tmp_path / "data", free_port(), dashboard_port, env) as lines:
+        wait_for(lambda: any("(REDIS_SENTINELS)" in line for line in lines), timeout_s=60)
+        line = next(line for line in lines if "(REDIS_SENTINELS)" in line)
+        primary = cluster.primary()
+        assert f"primary now at redis://:***@127.0.0.1:{primary.port}/3" in line and PASSWORD not in line
+        with primary.client(db=3) as client:
+            wait_for(lambda: any(client.xlen(k) > 0 for k in client.scan_iter("gms-relay:events:*")), 90)
+
+        def queues() -> set[str]:
+            listed = dashboard.get("/data/queues.json")
+            return set() if listed is None else {q["name"] for q in listed["queues"]}
+
+        wait_for(lambda: {"gms-relay", "gms-relay-webhooks"} <= queues(), timeout_s=60)
+        assert not (tmp_path / "data" / "redis").exists(), "no Redis embedded"
+        # The banner's ready-to-paste commands, in a shell with the same variables: events, no password.
+        at = next(i for i, line in enumerate(lines) if "events     Redis streams" in line)
+        pasted = [lines[at + 1].strip(), lines[at + 2].strip().removeprefix("or without redis-cli: ")]
+        assert all(PASSWORD not in command for command in pasted)
+        for command in pasted:
+            ran = subprocess.run(["bash", "-c", command], env=env, capture_output=True, text=True, timeout=30)
+            assert ran.returncode == 0 and "gms-relay:events:" in ran.stdout + ran.stderr, command
