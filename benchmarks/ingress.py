@@ -6,10 +6,12 @@ Three servers take the same pre-generated bodies from the same client, in interl
   ours   the real ingress, started as `gms-relay ingress`.
 Targets (issues): ours p50 <= 1.10 x floor p50, ours rate >= 2 x naive rate, and with `--senders 4`
 each concurrent sender's p99 < 2 x the single-sender p99; with `--open-streams 500`, ours p50 with 500
-device event streams open <= 1.1 x ours p50 with none.
+device event streams open <= 1.1 x ours p50 with none. With `--ack-levels` (issue 14) ours also runs at
+INGRESS_ACK=stored and =replicated on a primary with one replica (`--ack-sentinel`: also through a
+Sentinel), in the same interleaved rounds, each compared with ours stored of the same round.
 
     python benchmarks/ingress.py [--requests 5000] [--rounds 3] [--senders 4 [--pace 500]] [--json out.json]
-        [--open-streams 500 [--stream-events 50]]
+        [--open-streams 500 [--stream-events 50]] [--ack-levels [--ack-sentinel]]
 """
 
 from __future__ import annotations
@@ -29,6 +31,7 @@ import json  # noqa: E402
 import signal  # noqa: E402
 from types import FrameType  # noqa: E402
 
+from benchmarks import ingress_acks  # noqa: E402
 from benchmarks.ingress_bench import stack  # noqa: E402
 from benchmarks.ingress_report import run_benchmark  # noqa: E402
 from benchmarks.ingress_servers import serve_baseline  # noqa: E402
@@ -68,6 +71,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--seed", type=int, default=20240601, help="seed of the body generator")
     parser.add_argument("--json", type=Path, default=None, metavar="PATH", help="also write results here")
     add_arguments(parser)
+    ingress_acks.add_arguments(parser)
     # Internal: how the script starts the baseline servers in child processes.
     parser.add_argument("--serve", choices=("floor", "naive"), help=argparse.SUPPRESS)
     parser.add_argument("--port", type=int, help=argparse.SUPPRESS)
@@ -77,6 +81,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         parser.error(
             "need --requests >= 100, --rounds >= 1, --warmup >= 0, --senders >= 1, --interleave >= 0"
         )
+    ingress_acks.check_arguments(args, parser)
     return args
 
 

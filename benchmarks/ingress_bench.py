@@ -1,5 +1,6 @@
-"""Orchestration of benchmarks/ingress.py: a fresh redis-server and the three servers, one run against a
-target, K concurrent senders against ours."""
+"""Orchestration of benchmarks/ingress.py: a fresh redis-server and the three servers (with --ack-levels
+also a primary with a replica and an ingress per level), one run against a target, K concurrent senders
+against ours."""
 
 from __future__ import annotations
 
@@ -8,13 +9,14 @@ import multiprocessing
 import os
 import tempfile
 from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass, field
 from multiprocessing.connection import Connection as Pipe
 from pathlib import Path
 
 import redis
 
+from benchmarks.ingress_acks import ack_servers
 from benchmarks.ingress_bodies import generate_bodies, http_request
 from benchmarks.ingress_client import CpuProbe, send_interleaved, send_sequence, sender_process
 from benchmarks.ingress_servers import STOP_TIMEOUT_S, TARGETS, Server
@@ -28,6 +30,8 @@ class Bench:
     flush: redis.Redis
     servers: dict[str, Server]
     children: list[multiprocessing.process.BaseProcess] = field(default_factory=list)
+    # The Redis of a server not on `flush`'s (--ack-levels): flushed with it, its CPU in that probe.
+    redis_for: dict[str, redis.Redis] = field(default_factory=dict)
 
     def run_one(
         self, target: str, warmup: list[bytes], measured: list[bytes], pace_per_s: float | None = None
@@ -42,14 +46,18 @@ class Bench:
     def run_interleaved(self, warmup: list[bytes], measured: list[bytes], chunk: int) -> dict[str, Run]:
         """Every target in one pass, alternating every `chunk` requests (`--interleave`)."""
         self.flush.flushall()
+        for client in {id(c): c for c in self.redis_for.values()}.values():
+            client.flushall()
         probes = {target: self._probe(server) for target, server in self.servers.items()}
         ports = {target: server.port for target, server in self.servers.items()}
         results = send_interleaved(ports, warmup, measured, chunk, probes)
         return {target: summarize(target, *result) for target, result in results.items()}
 
     def _probe(self, server: Server) -> CpuProbe:
+        client = self.redis_for.get(server.name, self.flush)
+
         def probe() -> tuple[float, float]:
-            cpu = self.flush.info("cpu")
+            cpu = client.info("cpu")
             return process_cpu_s(server.process.pid), float(cpu["used_cpu_user"]) + float(cpu["used_cpu_sys"])
 
         return probe
@@ -123,8 +131,9 @@ def process_cpu_s(pid: int) -> float:
 
 @contextmanager
 def stack(args: argparse.Namespace) -> Iterator[Bench]:
-    """One fresh redis-server and the three servers; everything is stopped on the way out."""
-    with tempfile.TemporaryDirectory(prefix="gms-bench-") as tmp:
+    """One fresh redis-server and the three servers (and the --ack-levels ones); everything is stopped
+    on the way out."""
+    with tempfile.TemporaryDirectory(prefix="gms-bench-") as tmp, ExitStack() as extras:
         redis_server = RedisServer(Path(tmp) / "redis", appendonly=False)
         servers: dict[str, Server] = {}
         bench: Bench | None = None
@@ -132,9 +141,14 @@ def stack(args: argparse.Namespace) -> Iterator[Bench]:
             redis_server.start()
             for target in TARGETS:
                 servers[target] = Server(target, redis_server.url, Path(tmp))
+            redis_for: dict[str, redis.Redis] = {}
+            if args.ack_levels:
+                acks = extras.enter_context(ack_servers(args, Path(tmp)))
+                servers.update(acks.servers)
+                redis_for = dict.fromkeys(acks.servers, acks.primary)
             for server in servers.values():
                 server.wait_ready()
-            bench = Bench(args, redis.Redis.from_url(redis_server.url), servers)
+            bench = Bench(args, redis.Redis.from_url(redis_server.url), servers, redis_for=redis_for)
             yield bench
         finally:
             if bench is not None:

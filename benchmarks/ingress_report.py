@@ -1,5 +1,6 @@
 """The measurements of benchmarks/ingress.py, printed as they come and returned for --json: interleaved
-rounds against the three targets, then (with --senders) K concurrent senders against ours."""
+rounds against the three targets (and the --ack-levels ingresses, in the same passes), then (with
+--senders) K concurrent senders against ours."""
 
 from __future__ import annotations
 
@@ -10,6 +11,7 @@ import statistics
 from dataclasses import asdict
 from typing import Any
 
+from benchmarks import ingress_acks
 from benchmarks.ingress_bench import Bench
 from benchmarks.ingress_bodies import Mix, generate_bodies, http_request
 from benchmarks.ingress_servers import LABELS, TARGETS
@@ -45,16 +47,19 @@ def run_benchmark(args: argparse.Namespace, bench: Bench) -> dict[str, Any]:
     print()
 
     per_target: dict[str, list[Run]] = {t: [] for t in TARGETS}
+    # --ack-levels: more ingresses in the same interleaved passes, reported on their own below.
+    per_level: dict[str, list[Run]] = {t: [] for t in bench.servers if t not in TARGETS}
+    labels = {**LABELS, **ingress_acks.LABELS}
     for round_no in range(args.rounds):
         # Interleave the targets, and rotate who goes first, so drift in machine load hits all alike.
         order = TARGETS[round_no % 3 :] + TARGETS[: round_no % 3]
         interleaved = bench.run_interleaved(warmup, measured, args.interleave) if args.interleave else {}
-        for target in order:
+        for target in [*order, *per_level]:
             run = interleaved.get(target) or bench.run_one(target, warmup, measured)
-            per_target[target].append(run)
+            per_target.get(target, per_level.get(target, [])).append(run)
             bad = f"  ({run.non_200} non-200!)" if run.non_200 else ""
             print(
-                f"  round {round_no + 1}/{args.rounds}  {LABELS[target]:<20} p50 {run.p50_us:8.1f} us  "
+                f"  round {round_no + 1}/{args.rounds}  {labels[target]:<24} p50 {run.p50_us:8.1f} us  "
                 f"p99 {run.p99_us:8.1f} us  {run.rate:8.0f} req/s{bad}"
             )
     medians = {t: median_run(runs) for t, runs in per_target.items()}
@@ -109,6 +114,11 @@ def run_benchmark(args: argparse.Namespace, bench: Bench) -> dict[str, Any]:
             "ours_rate_over_naive_rate": {"value": rate_ratio, "target_min": RATE_TARGET, "pass": rate_ok},
         },
     }
+    if per_level:
+        primary = bench.redis_for[next(iter(per_level))]
+        results["ack_levels"] = ingress_acks.report_ack_levels(
+            args, per_target["ours"], per_level, bench.flush, primary
+        )
     if args.senders > 1:
         results["senders"] = run_concurrent(args, bench, medians["ours"])
         if args.pace:

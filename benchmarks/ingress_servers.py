@@ -85,10 +85,20 @@ def serve_baseline(kind: str, port: int, redis_url: str) -> None:
 class Server:
     """One server under test in a child process, on a free loopback port."""
 
-    def __init__(self, kind: str, redis_url: str, log_dir: Path) -> None:
+    def __init__(
+        self,
+        kind: str,
+        redis_url: str,
+        log_dir: Path,
+        name: str | None = None,
+        env: dict[str, str] | None = None,
+    ) -> None:
+        """`name` tells apart several servers of one kind (their logs too); `env` is set on top of ours
+        (an ingress's INGRESS_ACK or Sentinel variables)."""
         self.kind = kind
+        self.name = name or kind
         self.port = free_port()
-        env = {**os.environ, "REDIS_URL": redis_url, "LOG_LEVEL": "WARNING"}
+        env = {**os.environ, "REDIS_URL": redis_url, "LOG_LEVEL": "WARNING", **(env or {})}
         if "PUSH_TOKEN" not in env:  # the baselines check no token either: like for like
             env["ALLOW_OPEN_PUSH"] = "true"
         env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(_ROOT), env.get("PYTHONPATH")]))
@@ -98,7 +108,7 @@ class Server:
         else:
             args = [str(_ENTRY), "--serve", kind, "--port", str(self.port)]
             args += ["--redis-url", redis_url]
-        self.log_path = log_dir / f"{kind}.log"
+        self.log_path = log_dir / f"{self.name}.log"
         with self.log_path.open("wb") as log:
             self.process = subprocess.Popen(
                 [sys.executable, *args], cwd=_ROOT, env=env, stdout=log, stderr=subprocess.STDOUT
@@ -114,7 +124,7 @@ class Server:
                 if self.process.poll() is not None or time.monotonic() > deadline:
                     log = self.log_path.read_text(errors="replace")[-2000:]
                     raise RuntimeError(
-                        f"{self.kind} server did not start on port {self.port}:\n{log}"
+                        f"{self.name} server did not start on port {self.port}:\n{log}"
                     ) from None
                 time.sleep(0.05)
 
