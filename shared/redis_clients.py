@@ -29,6 +29,7 @@ from redis.connection import SSLConnection, parse_url
 from redis.exceptions import RedisError
 from redis.retry import Retry
 from redis.sentinel import Sentinel, SentinelConnectionPool, SentinelManagedConnection
+from redis.utils import SENTINEL
 
 from shared.errors import ConfigError
 from shared.settings import Settings
@@ -87,11 +88,33 @@ class AsyncSentinelRedis(aioredis.Redis):
 # the address of its last connection: a SentinelManagedConnection asks the Sentinels only in
 # `connect()`. So a command retried after the primary died, or the ingress's next push on a held
 # connection, went back to the old primary. These ask the Sentinels on every reconnect.
+#
+# SentinelManagedConnection's sync `read_response` also defaults to disconnect_on_error=False (that of
+# redis.Connection, and of the asyncio one, is True): a read cut short by an exception other than a
+# connection error left the connection open, its reply still due, and it went back to the pool. RQ's
+# SIGTERM handler raises StopRequested in its idle BLPOP (405 s): `register_death` then queued its
+# pipeline behind that BLPOP on the same connection and hung (its replies would have been off by one,
+# as after a job timeout's exception in a read). So a read cut short closes its connection here.
 class FollowingConnection(SentinelManagedConnection):
     def send_packed_command(self, command: Any, check_health: bool = True) -> None:
         if not self._sock:
             self.connect()  # type: ignore[no-untyped-call]
         super().send_packed_command(command, check_health)  # type: ignore[no-untyped-call]
+
+    def read_response(
+        self,
+        disable_decoding: Any = False,
+        *,
+        timeout: float | object = SENTINEL,
+        disconnect_on_error: bool | None = True,
+        push_request: bool | None = False,
+    ) -> Any:
+        return super().read_response(
+            disable_decoding,
+            timeout=timeout,
+            disconnect_on_error=disconnect_on_error,
+            push_request=push_request,
+        )
 
 
 class FollowingSSLConnection(FollowingConnection, SSLConnection):

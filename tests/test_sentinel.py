@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+import signal
 import subprocess
 import sys
 from collections.abc import Iterator
@@ -108,6 +109,34 @@ def test_a_wrong_sentinel_password_is_an_error_not_a_hang(cluster: SentinelClust
     with sync_client(wrong, socket_timeout=1, socket_connect_timeout=1) as client:
         with pytest.raises(redis.RedisError):
             client.ping()
+
+
+class _CutShort(Exception):
+    pass
+
+
+def _cut_short(*_: object) -> None:
+    raise _CutShort
+
+
+def test_a_read_cut_short_by_an_exception_closes_its_connection(settings: Settings) -> None:
+    """As RQ's SIGTERM handler cuts its idle BLPOP short (StopRequested): the connection, its reply
+    still due, is closed rather than pooled, so the next command (RQ's register_death) gets its own
+    reply on a fresh one. redis-py's SentinelManagedConnection kept it open: the next command queued
+    behind the BLPOP and hung."""
+    previous = signal.signal(signal.SIGALRM, _cut_short)
+    try:
+        with sync_client(settings, socket_connect_timeout=2) as client:
+            signal.setitimer(signal.ITIMER_REAL, 0.2)
+            with pytest.raises(_CutShort):
+                client.blpop(["nothing-comes"], timeout=30)
+            pooled = client.connection_pool._available_connections
+            assert pooled and all(not conn.is_connected for conn in pooled)
+            signal.setitimer(signal.ITIMER_REAL, 5)  # the bug: a hang, cut short here
+            assert client.ping()
+    finally:
+        signal.setitimer(signal.ITIMER_REAL, 0)
+        signal.signal(signal.SIGALRM, previous)
 
 
 @pytest.mark.failover
