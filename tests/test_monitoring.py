@@ -258,7 +258,6 @@ def test_the_monitoring_profile_runs_prometheus_and_grafana_on_these_files() -> 
     assert "GF_SECURITY_ADMIN_PASSWORD" in " ".join(grafana["entrypoint"]), "never admin/admin"
 
 
-@pytest.mark.skipif(importlib.util.find_spec("matplotlib") is None, reason="needs matplotlib (`bench`)")
 def test_the_layout_picture_renders_from_the_dashboard(tmp_path: Path) -> None:
     out = tmp_path / "layout.png"
     script = GRAFANA / "render_layout.py"
