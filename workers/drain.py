@@ -4,6 +4,14 @@ One RQ job serves many notifications: RQ's per-job cost (~60 Redis commands) is 
 not per push. The ingress enqueues a drain only when none is waiting, and each drain clears that
 marker as it starts, so under load every worker process runs one drain after another. Work that
 falls due later (retries, gap waits, expired leases) is picked up by the watcher (workers/watcher.py).
+
+A drain that loses the Redis primary (down, or mid-failover: MasterNotFoundError once the client's
+retries are spent) ends quietly rather than as a failed RQ job: a failed drain carries nothing to
+requeue (it has no arguments), and its chats are safe where they are, the unclaimed still due, the
+claimed due again when their lease ends (claim.lua leaves them in the dirty set), so the watcher kicks
+a new drain once Redis answers. It ends once the primary answers again, though: RQ records the job's
+end there, and a success it cannot record it records as a failure. RQ's failed registry (and its
+alert) is left to drains that raised anything else, or outlived an outage: something to look at.
 """
 
 from __future__ import annotations
@@ -11,6 +19,10 @@ from __future__ import annotations
 import logging
 import os
 import time
+
+from redis.exceptions import ConnectionError as RedisConnectionError
+from redis.exceptions import RedisError
+from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from shared import keys
 from shared.clock import now_ms
@@ -23,7 +35,32 @@ log = logging.getLogger("gms_relay.worker")
 
 
 def drain(ctx: WorkerContext) -> int:
-    """Process every due chat; returns how many claims were handled."""
+    """Process every due chat; returns how many claims were handled (0 if the primary was lost)."""
+    started = time.monotonic()
+    try:
+        return _drain(ctx)
+    except (RedisConnectionError, RedisTimeoutError) as exc:  # MasterNotFoundError is one
+        log.warning(
+            "drain lost the Redis primary: it ends once the primary answers; its chats stay due",
+            extra={"error": type(exc).__name__},
+        )
+    # Well before RQ's timeout kills the job (a failure too), whatever a ping costs.
+    _wait_for_primary(ctx, until=started + ctx.settings.drain_job_timeout_s / 2)
+    return 0
+
+
+def _wait_for_primary(ctx: WorkerContext, until: float) -> None:
+    delay = 0.05
+    while time.monotonic() < until:
+        try:
+            ctx.redis.ping()
+            return
+        except (RedisError, OSError):
+            time.sleep(min(delay, max(until - time.monotonic(), 0.0)))
+            delay = min(delay * 2, 0.5)
+
+
+def _drain(ctx: WorkerContext) -> int:
     ctx.redis.delete(keys.DRAIN_QUEUED)  # from now on, a new push enqueues a new drain
     settings = ctx.settings
     token = os.urandom(16).hex()
