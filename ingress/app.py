@@ -15,6 +15,7 @@ from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
 from ingress.auth import OPEN_PUSH_WARNING, FailureThrottle, bearer_ok
+from ingress.bodies import bounded_body
 from ingress.chats import ChatRoutes
 from ingress.cors import browser_cors, is_browser_path
 from ingress.demo import demo_routes
@@ -30,7 +31,6 @@ from shared.classify import MAX_ID_CHARS
 from shared.errors import (
     InvalidJson,
     InvalidPush,
-    PayloadTooLarge,
     RelayError,
     TooManyFailures,
     Unauthorized,
@@ -89,7 +89,7 @@ class SessionRoutes:
         if request.method == "DELETE":
             await self.store.forget(session_id)
             return Response(status_code=204)
-        body = await _bounded_body(request, SESSION_BODY_MAX_BYTES)
+        body = await bounded_body(request, SESSION_BODY_MAX_BYTES)
         try:
             registration = _REGISTRATION.decode(body)
         except msgspec.ValidationError as exc:
@@ -106,16 +106,6 @@ class SessionRoutes:
         if outcome == "ended":
             return _json_error(409, "session_ended", "this chat has already ended")
         return Response(status_code=204)
-
-
-async def _bounded_body(request: Request, max_bytes: int) -> bytes:
-    chunks, size = [], 0
-    async for chunk in request.stream():
-        size += len(chunk)
-        if size > max_bytes:
-            raise PayloadTooLarge(f"body exceeds {max_bytes} bytes")
-        chunks.append(chunk)
-    return b"".join(chunks)
 
 
 def create_app(settings: Settings, store: IngressStore | None = None) -> Any:

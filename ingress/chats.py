@@ -26,6 +26,7 @@ from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
 from ingress.auth import FailureThrottle, bearer_ok
+from ingress.bodies import bounded_body
 from ingress.gms_chat import GmsChat, Reply, Verdict
 from ingress.rate_limit import TokenBuckets
 from ingress.replies import error_body
@@ -35,7 +36,6 @@ from shared.classify import MAX_ID_CHARS
 from shared.errors import (
     InvalidJson,
     InvalidPush,
-    PayloadTooLarge,
     RedisUnavailable,
     RelayError,
     TooManyFailures,
@@ -139,16 +139,6 @@ def _bearer(request: Request) -> str | None:
     return value.strip() if scheme.lower() == "bearer" and value.strip() else None
 
 
-async def _bounded_body(request: Request, max_bytes: int) -> bytes:
-    chunks, size = [], 0
-    async for chunk in request.stream():
-        size += len(chunk)
-        if size > max_bytes:
-            raise PayloadTooLarge(f"body exceeds {max_bytes} bytes")
-        chunks.append(chunk)
-    return b"".join(chunks)
-
-
 def _address(request: Request) -> str:
     return request.client.host if request.client else ""
 
@@ -198,7 +188,7 @@ class ChatRoutes:
             if not bearer_ok(token, request.headers.get("authorization")):
                 self.throttle.failed(address)
                 raise Unauthorized("missing or wrong chat start token")
-        start = _decode(_START, await _bounded_body(request, CHAT_BODY_MAX_BYTES))
+        start = _decode(_START, await bounded_body(request, CHAT_BODY_MAX_BYTES))
         _check_start(start)
         # The bucket guards GMS (each chat is a session there and work for an agent), so a request
         # refused above costs no token.
@@ -280,7 +270,7 @@ class ChatRoutes:
         chat_id = request.path_params["chat_id"]
         form: dict[str, str] = {}
         if operation == "send":
-            message = _decode(_MESSAGE, await _bounded_body(request, CHAT_BODY_MAX_BYTES))
+            message = _decode(_MESSAGE, await bounded_body(request, CHAT_BODY_MAX_BYTES))
             _check_text(message.text, "text", TEXT_MAX_CHARS, lines=True)
             form = {"message": message.text, "messageType": "text"}
         service, aliases, creds = await self._chat_state(chat_id, device_id)
