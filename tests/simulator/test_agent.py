@@ -115,6 +115,8 @@ def test_pushes_follow_the_request_chat_user_data(
             call(client, chat_server, chat, "send", message="hi")
         wait_for(lambda: len(events(chat_server, quiet)) == 7, what="the answer")
         wait_for(lambda: len(recv.triggers()) == 5, what="five triggers")
+        # The sender records a push once its reply is back, just after the receiver has it.
+        wait_for(lambda: len(sender.records()) == 5, what="five pushes recorded")
         # The agent's join, greeting, typing (2) and answer; not the customer's own message (index 4).
         assert [r.indexes for r in sender.records()] == [[2], [3], [5], [6], [7]]
     assert {b["deviceId"] for b in recv.bodies} == {"dev-agent"}  # only `quiet` subscribed
