@@ -34,10 +34,13 @@ from ingress.store import IngressStore
 from shared import device_tokens, keys
 from shared.classify import MAX_ID_CHARS
 from shared.errors import (
+    ChatEnded,
+    Forbidden,
+    GmsRefused,
+    GmsUnavailable,
     InvalidJson,
     InvalidPush,
     RedisUnavailable,
-    RelayError,
     TooManyFailures,
     Unauthorized,
 )
@@ -57,26 +60,6 @@ _RESERVED = ("GCTI_Chat_Push", "GCTI_GMS_Push", "GCTI_GMS_NotifyRequestor", "GCT
 # The chat actions and the Chat API v2 operation each one is forwarded as.
 ACTIONS = {"messages": "send", "typing": "startTyping", "disconnect": "disconnect"}
 _ALIAS_TRIES = 3
-
-
-class Forbidden(RelayError):
-    code = "forbidden"
-    status = 403
-
-
-class ChatEnded(RelayError):
-    code = "chat_ended"
-    status = 409
-
-
-class GmsUnavailable(RelayError):
-    code = "gms_unavailable"
-    status = 502
-
-
-class GmsRefused(RelayError):
-    code = "gms_refused"
-    status = 502
 
 
 class ChatStart(msgspec.Struct, forbid_unknown_fields=True):

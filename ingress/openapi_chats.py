@@ -17,12 +17,9 @@ from ingress.chats import (
     TEXT_MAX_CHARS,
     USER_DATA_MAX_ENTRIES,
     USER_DATA_VALUE_MAX_CHARS,
-    ChatEnded,
-    Forbidden,
-    GmsRefused,
-    GmsUnavailable,
 )
 from shared.classify import MAX_ID_CHARS
+from shared.errors import ChatEnded, Forbidden, GmsRefused, GmsUnavailable
 from shared.settings import Settings
 
 TAG = "chats"

@@ -54,3 +54,24 @@ class NotReplicated(RelayError):
 
     code = "not_replicated"
     status = 503
+
+
+# The chat endpoints (POST /chats and its actions, ingress/chats.py).
+class Forbidden(RelayError):
+    code = "forbidden"
+    status = 403
+
+
+class ChatEnded(RelayError):
+    code = "chat_ended"
+    status = 409
+
+
+class GmsUnavailable(RelayError):
+    code = "gms_unavailable"
+    status = 502
+
+
+class GmsRefused(RelayError):
+    code = "gms_refused"
+    status = 502
